@@ -1,0 +1,1 @@
+"""Media I/O (PyAV, Pillow), datasets, clip sampling, the shapes benchmark, token shards."""

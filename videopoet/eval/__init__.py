@@ -1,0 +1,1 @@
+"""Metrics (reconstruction, FVD/FAD/CLIPSIM, probes, drift) and reports."""

@@ -1,0 +1,1 @@
+"""The multimodal prefix LM: vocabulary, sequence layout, transformer, attention, sampling."""

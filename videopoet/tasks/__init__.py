@@ -1,0 +1,1 @@
+"""Task specs (prefix -> output), generation pipelines, long-video chaining."""
