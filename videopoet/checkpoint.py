@@ -71,5 +71,8 @@ def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], w
         raise VideoPoetError(
             f"{where}: weights do not match the config (missing {missing[:5]}, unexpected {unexpected[:5]})"
         )
+    shapes = [f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own if state[k].shape != own[k].shape]
+    if shapes:
+        raise VideoPoetError(f"{where}: weight shapes do not match the config ({'; '.join(shapes[:3])})")
     cast = {k: v.to(own[k].dtype) if v.is_floating_point() else v for k, v in state.items()}
     module.load_state_dict(cast, strict=True)
