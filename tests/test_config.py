@@ -9,8 +9,16 @@ import pytest
 import torch
 
 from videopoet.checkpoint import load_model_dir, load_state_strict, save_model_dir
-from videopoet.config import (PRESETS_DIR, apply_overrides, from_dict, load_yaml, resolve_config_path,
-                              save_json, load_json, to_dict)
+from videopoet.config import (
+    PRESETS_DIR,
+    apply_overrides,
+    from_dict,
+    load_json,
+    load_yaml,
+    resolve_config_path,
+    save_json,
+    to_dict,
+)
 from videopoet.errors import ConfigError, VideoPoetError
 from videopoet.io_utils import atomic_path
 
