@@ -1,0 +1,213 @@
+"""Sampling from the prefix LM: KV cache, constrained decoding, classifier-free guidance.
+
+- Prompts are left-padded so every row's prefix ends at the same position; padding is masked out
+  of attention (rotary embeddings are relative, so the shift does not change the result).
+- Every output position has a legal id range [lo, hi) from the sequence layout (visual codes,
+  audio level l codes, or one forced marker token). Only the logits of that range are computed,
+  so an illegal token can never be emitted and forced markers cost no head matmul.
+- Classifier-free guidance runs conditional and unconditional rows in one batch:
+  logits = uncond + scale * (cond - uncond); both rows are then fed the same sampled token.
+- Temperature (0 = greedy), top-k, top-p; a seed makes sampling reproducible.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence as Seq
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from videopoet.errors import InputError
+from videopoet.lm.model import KVCache, PrefixLM
+from videopoet.lm.sequence import Sequence, build_sequence, output_codes, stack_text_embeds
+from videopoet.lm.vocab import Vocabulary
+from videopoet.tasks.specs import get_task
+
+
+@dataclass
+class Prompt:
+    """A batch of prefixes (left-padded) and the legal ranges of the positions to generate."""
+
+    ids: torch.Tensor  # (B, P)
+    key_valid: torch.Tensor  # (B, P) bool
+    legal: torch.Tensor  # (T_out, 2) [lo, hi) per generated position, shared by all rows
+    text_embeds: torch.Tensor | None = None  # (B, N, D)
+    text_positions: torch.Tensor | None = None  # (B, N), -1 = none
+
+    @property
+    def batch(self) -> int:
+        return int(self.ids.shape[0])
+
+
+def make_prompt(seqs: Seq[Sequence], pad_id: int) -> Prompt:
+    """Left-pad the prefixes of sequences built for generation (outputs given as shapes)."""
+    if not seqs:
+        raise InputError("make_prompt: no sequences")
+    legal = seqs[0].legal[seqs[0].prefix_len :]
+    for i, s in enumerate(seqs):
+        if not torch.equal(s.legal[s.prefix_len :], legal):
+            raise InputError(f"sequence {i}: its output layout differs from sequence 0 (one layout per batch)")
+    P = max(s.prefix_len for s in seqs)
+    ids = torch.full((len(seqs), P), pad_id, dtype=torch.long)
+    valid = torch.zeros(len(seqs), P, dtype=torch.bool)
+    for b, s in enumerate(seqs):
+        ids[b, P - s.prefix_len :] = s.ids[: s.prefix_len]
+        valid[b, P - s.prefix_len :] = True
+    emb, pos = stack_text_embeds(list(seqs), offsets=[P - s.prefix_len for s in seqs])
+    return Prompt(ids, valid, legal.clone(), emb, pos)
+
+
+def _join(a: Prompt, b: Prompt, pad_id: int) -> Prompt:
+    """Stack two prompts' rows (conditional, then unconditional), left-padding to one length."""
+    if not torch.equal(a.legal, b.legal):
+        raise InputError("uncond: its output layout differs from the conditional prompt's")
+    P = max(a.ids.shape[1], b.ids.shape[1])
+
+    def lpad(x, value):
+        return torch.nn.functional.pad(x, (P - x.shape[1], 0), value=value)
+
+    ids = torch.cat([lpad(a.ids, pad_id), lpad(b.ids, pad_id)])
+    valid = torch.cat([lpad(a.key_valid, False), lpad(b.key_valid, False)])
+    emb = pos = None
+    if a.text_embeds is not None or b.text_embeds is not None:
+        D = (a.text_embeds if a.text_embeds is not None else b.text_embeds).shape[-1]
+        N = max(x.text_embeds.shape[1] for x in (a, b) if x.text_embeds is not None)
+        embs, poss = [], []
+        for x in (a, b):
+            shift = P - x.ids.shape[1]
+            e = torch.zeros(x.batch, N, D) if x.text_embeds is None else x.text_embeds
+            p = torch.full((x.batch, N), -1) if x.text_positions is None else x.text_positions
+            e = torch.nn.functional.pad(e, (0, 0, 0, N - e.shape[1]))
+            p = torch.nn.functional.pad(torch.where(p >= 0, p + shift, p), (0, N - p.shape[1]), value=-1)
+            embs.append(e)
+            poss.append(p)
+        emb, pos = torch.cat(embs), torch.cat(poss)
+    return Prompt(ids, valid, a.legal, emb, pos)
+
+
+def guided_logits(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
+    return uncond + scale * (cond - uncond)
+
+
+def sample_logits(
+    logits: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """logits (B, n) -> sampled indices (B,). temperature 0 = greedy; top_k 0 / top_p 1 = off."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    n = logits.shape[-1]
+    if 0 < top_k < n:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        drop = probs.cumsum(dim=-1) - probs > top_p  # keep the smallest set with mass >= top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+
+
+@torch.no_grad()
+def generate(
+    model: PrefixLM,
+    prompt: Prompt,
+    *,
+    uncond: Prompt | None = None,
+    guidance_scale: float = 1.0,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    seed: int | None = None,
+    use_cache: bool = True,
+    progress: bool = False,
+    pad_id: int = 0,
+) -> torch.Tensor:
+    """Generate the positions described by `prompt.legal` -> ids (B, T_out).
+
+    uncond: the unconditional prompt (same rows, e.g. text dropped) for classifier-free guidance
+    with `guidance_scale`; use_cache=False recomputes the whole sequence each step (reference /
+    benchmark only).
+    """
+    if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
+        raise InputError(f"sampling: need temperature >= 0, 0 < top_p <= 1, top_k >= 0 (got {temperature}, {top_p}, {top_k})")
+    B = prompt.batch
+    if uncond is not None and uncond.batch != B:
+        raise InputError(f"uncond: {uncond.batch} rows, the prompt has {B}")
+    rows = _join(prompt, uncond, pad_id) if uncond is not None else prompt
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    ids = rows.ids.to(device)
+    valid = rows.key_valid.to(device)
+    emb = rows.text_embeds.to(device, dtype) if rows.text_embeds is not None else None
+    pos = rows.text_positions.to(device) if rows.text_positions is not None else None
+    R, P = ids.shape
+    legal = [(int(lo), int(hi)) for lo, hi in rows.legal.tolist()]
+    T_out = len(legal)
+    gen = None
+    if seed is not None:
+        gen = torch.Generator(device=device)
+        gen.manual_seed(seed)
+    out = torch.empty(B, T_out, dtype=torch.long, device=device)
+    kw = dict(prefix_len=P, key_valid=valid, text_embeds=emb, text_positions=pos)
+    if use_cache:
+        cache = KVCache(model.cfg, R, P + T_out, device=device, dtype=dtype)
+        h = model(ids, cache=cache, **kw)[:, -1]
+    else:
+        seq, seq_valid = ids, valid
+        h = model(seq, **kw)[:, -1]
+    for t in tqdm(range(T_out), disable=not progress, desc="generate", unit="tok"):
+        lo, hi = legal[t]
+        if hi - lo == 1:
+            tok = torch.full((B,), lo, dtype=torch.long, device=device)
+        else:
+            logits = model.logits(h, lo, hi)
+            if uncond is not None:
+                logits = guided_logits(logits[:B], logits[B:], guidance_scale)
+            tok = sample_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=gen) + lo
+        out[:, t] = tok
+        if t == T_out - 1:
+            break
+        feed = tok.repeat(R // B)[:, None]
+        if use_cache:
+            h = model(feed, cache=cache)[:, -1]
+        else:
+            seq = torch.cat([seq, feed], dim=1)
+            seq_valid = torch.cat([seq_valid, torch.ones_like(feed, dtype=torch.bool)], dim=1)
+            h = model(seq, **{**kw, "key_valid": seq_valid})[:, -1]
+    return out
+
+
+def sample_task(
+    model: PrefixLM,
+    vocab: Vocabulary,
+    task: str,
+    inputs: Seq[Mapping[str, torch.Tensor]],
+    output_shapes: Mapping[str, tuple[int, ...]],
+    *,
+    guidance_scale: float = 1.0,
+    res: str | None = None,
+    **sampling,
+) -> dict[str, torch.Tensor]:
+    """Build the prompts of `task` for each input dict, generate, and return the output codes
+    {name: (B, *shape)}. With guidance_scale != 1 the unconditional rows drop the text input."""
+    spec = get_task(task)
+    seqs = [build_sequence(vocab, spec, x, output_shapes, res=res) for x in inputs]
+    prompt = make_prompt(seqs, vocab.pad_id)
+    uncond = None
+    if guidance_scale != 1.0:
+        text = {p.name for p in spec.prefix if p.modality == "text"} | {"text_mask"}
+        if not any(k in x for x in inputs for k in text):
+            raise InputError(f"guidance_scale={guidance_scale}: task {task} has no text input to drop")
+        useqs = [build_sequence(vocab, spec, {k: v for k, v in x.items() if k not in text}, output_shapes, res=res) for x in inputs]
+        uncond = make_prompt(useqs, vocab.pad_id)
+    ids = generate(model, prompt, uncond=uncond, guidance_scale=guidance_scale, pad_id=vocab.pad_id, **sampling)
+    return output_codes(vocab, seqs[0], ids.cpu())

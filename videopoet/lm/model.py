@@ -1,0 +1,340 @@
+"""The multimodal prefix LM: a decoder-only transformer whose prefix attends bidirectionally.
+
+Design choices
+- Llama-style blocks: pre-RMSNorm, rotary position embeddings (rotate-half convention, so weights
+  map one-to-one onto `transformers`' Llama), SwiGLU MLP, no biases. Q/K/V and the two SwiGLU input
+  projections are fused into one matmul each (fewer kernel launches when decoding one token).
+- Grouped-query attention when `n_kv_heads < n_heads`.
+- Prefix-LM attention (videopoet/lm/attention.py): row b's first `prefix_len[b]` positions attend
+  to each other both ways; the rest attend causally; `key_valid` masks padding.
+- Text-embedding mode (`text_embed_dim > 0`): frozen encoder embeddings (e.g. T5-XL) are projected
+  to d_model and replace the embeddings of the `<text_emb>` placeholder positions.
+- Optional factorized visual tokens (MAGVIT-v2): a 2^K visual code c is embedded as
+  E_hi[c >> K/2] + E_lo[c mod 2^(K/2)] and predicted by two heads of 2^(K/2) logits whose sum is
+  the logit of c (the product of the two softmaxes) -- a dense 2^18 table does not fit at scale.
+- `forward` returns the final hidden states (B, T, d). `logits(h, lo, hi)` projects onto any id
+  range [lo, hi) -- decoding constrained to a range never computes the other logits -- and
+  `prefix_lm_loss` computes the loss on output positions only.
+- A preallocated `KVCache` makes decoding O(T) per step; the cache is an explicit argument.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from videopoet.config import from_dict
+from videopoet.errors import ConfigError, InputError
+from videopoet.lm.attention import BACKENDS, Mask, attention, make_mask, resolve_backend
+
+
+@dataclass
+class LMConfig:
+    vocab_size: int
+    d_model: int = 256
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: int = 0  # 0 -> n_heads (no grouped-query attention)
+    mlp_hidden: int = 0  # 0 -> 8/3 * d_model rounded up to `multiple_of`
+    multiple_of: int = 64
+    max_seq_len: int = 2048
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    text_embed_dim: int = 0  # > 0: project text-encoder embeddings of this width
+    factorized_visual: bool = False
+    visual_offset: int = 256
+    visual_bits: int = 0  # K (needed with factorized_visual)
+    tie_embeddings: bool = False
+    attention: str = "auto"
+    init_std: float = 0.02
+
+    def __post_init__(self):
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "max_seq_len"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"lm.{name}: must be > 0, got {getattr(self, name)}")
+        if self.d_model % self.n_heads:
+            raise ConfigError(f"lm.d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
+        if (self.d_model // self.n_heads) % 2:
+            raise ConfigError("lm: the head dimension d_model / n_heads must be even (rotary embeddings)")
+        if self.n_kv_heads == 0:
+            self.n_kv_heads = self.n_heads
+        if self.n_kv_heads < 0 or self.n_heads % self.n_kv_heads:
+            raise ConfigError(f"lm.n_kv_heads={self.n_kv_heads} must divide n_heads={self.n_heads}")
+        if self.mlp_hidden == 0:
+            h = int(8 * self.d_model / 3)
+            self.mlp_hidden = self.multiple_of * math.ceil(h / self.multiple_of)
+        if self.attention not in BACKENDS:
+            raise ConfigError(f"lm.attention: {self.attention!r} is not one of {list(BACKENDS)}")
+        if self.factorized_visual:
+            if self.visual_bits < 2:
+                raise ConfigError("lm.factorized_visual needs visual_bits >= 2")
+            if self.visual_offset + (1 << self.visual_bits) > self.vocab_size:
+                raise ConfigError("lm: the visual range does not fit in vocab_size")
+            if self.tie_embeddings:
+                raise ConfigError("lm: tie_embeddings cannot be combined with factorized_visual")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+
+def lm_config(vocab, model: dict, where: str = "model") -> LMConfig:
+    """An LMConfig from a preset's `model:` section, with the sizes filled in from the vocabulary."""
+    return from_dict(
+        LMConfig,
+        {**model, "vocab_size": vocab.size, "visual_offset": vocab.visual_offset, "visual_bits": vocab.visual_bits},
+        where=where,
+    )
+
+
+# ---- helpers ---------------------------------------------------------------------------------------
+def rotary_tables(head_dim: int, max_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    ang = torch.outer(torch.arange(max_len, dtype=torch.float32), inv)  # (T, D/2)
+    ang = torch.cat([ang, ang], dim=-1)  # (T, D): rotate-half layout
+    return ang.cos(), ang.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x (B, H, T, D); cos/sin (T, D)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+
+
+class KVCache:
+    """Preallocated keys/values for all layers: (layers, B, Hkv, max_len, D), filled left to right."""
+
+    def __init__(self, cfg: LMConfig, batch: int, max_len: int, device=None, dtype=torch.float32):
+        if max_len > cfg.max_seq_len:
+            raise InputError(f"max_len={max_len}: longer than the model's max_seq_len={cfg.max_seq_len}")
+        shape = (cfg.n_layers, batch, cfg.n_kv_heads, max_len, cfg.head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.key_valid = torch.ones(batch, max_len, dtype=torch.bool, device=device)
+        self.has_padding = False
+        self.pos = 0
+        self.max_len = max_len
+
+
+# ---- modules -------------------------------------------------------------------------------------
+class SelfAttention(nn.Module):
+    def __init__(self, cfg: LMConfig):
+        super().__init__()
+        self.h, self.hkv, self.dh = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.wqkv = nn.Linear(cfg.d_model, (self.h + 2 * self.hkv) * self.dh, bias=False)
+        self.wo = nn.Linear(self.h * self.dh, cfg.d_model, bias=False)
+
+    def forward(self, x, cos, sin, mask: Mask, cache: KVCache | None = None, layer: int = 0):
+        B, T, _ = x.shape
+        q, k, v = self.wqkv(x).split([self.h * self.dh, self.hkv * self.dh, self.hkv * self.dh], dim=-1)
+        q = apply_rotary(q.view(B, T, self.h, self.dh).transpose(1, 2), cos, sin)  # (B, H, T, D)
+        k = apply_rotary(k.view(B, T, self.hkv, self.dh).transpose(1, 2), cos, sin)
+        v = v.view(B, T, self.hkv, self.dh).transpose(1, 2)
+        if cache is not None:
+            end = cache.pos + T
+            cache.k[layer, :, :, cache.pos : end] = k
+            cache.v[layer, :, :, cache.pos : end] = v
+            k, v = cache.k[layer, :, :, :end], cache.v[layer, :, :, :end]
+        y = attention(q, k, v, mask)  # (B, H, T, D)
+        return self.wo(y.transpose(1, 2).reshape(B, T, self.h * self.dh))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, cfg: LMConfig):
+        super().__init__()
+        self.hidden = cfg.mlp_hidden
+        self.w13 = nn.Linear(cfg.d_model, 2 * cfg.mlp_hidden, bias=False)  # [gate; up]
+        self.w2 = nn.Linear(cfg.mlp_hidden, cfg.d_model, bias=False)
+
+    def forward(self, x):
+        gate, up = self.w13(x).split(self.hidden, dim=-1)
+        return self.w2(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: LMConfig):
+        super().__init__()
+        self.attn_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.attn = SelfAttention(cfg)
+        self.mlp_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.mlp = SwiGLU(cfg)
+
+    def forward(self, x, cos, sin, mask, cache=None, layer=0):
+        x = x + self.attn(self.attn_norm(x), cos, sin, mask, cache, layer)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+# ---- the model -----------------------------------------------------------------------------------
+class PrefixLM(nn.Module):
+    def __init__(self, cfg: LMConfig):
+        super().__init__()
+        self.cfg = cfg
+        V, d = cfg.vocab_size, cfg.d_model
+        self.n_visual = (1 << cfg.visual_bits) if cfg.factorized_visual else 0
+        self.lo_bits = cfg.visual_bits // 2
+        self.hi_bits = cfg.visual_bits - self.lo_bits
+        self.tok_emb = nn.Embedding(V - self.n_visual, d)  # factorized: non-visual ids only
+        if cfg.factorized_visual:
+            self.vis_emb_hi = nn.Embedding(1 << self.hi_bits, d)
+            self.vis_emb_lo = nn.Embedding(1 << self.lo_bits, d)
+            self.vis_head = nn.Linear(d, (1 << self.hi_bits) + (1 << self.lo_bits), bias=False)
+        self.text_proj = nn.Linear(cfg.text_embed_dim, d, bias=False) if cfg.text_embed_dim else None
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = nn.RMSNorm(d, eps=cfg.norm_eps)
+        self.head = None if cfg.tie_embeddings else nn.Linear(d, V - self.n_visual, bias=False)
+        cos, sin = rotary_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self._backend: tuple[str, str] | None = None  # (device type, backend), resolved once
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        std = self.cfg.init_std
+        for name, p in self.named_parameters():
+            if p.dim() < 2:
+                nn.init.ones_(p)  # RMSNorm weights
+            elif name.endswith(("wo.weight", "w2.weight")):
+                nn.init.normal_(p, std=std / math.sqrt(2 * self.cfg.n_layers))
+            else:
+                nn.init.normal_(p, std=std)
+
+    def num_params(self, exclude_embeddings: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        if exclude_embeddings:
+            n -= sum(p.numel() for name, p in self.named_parameters() if "emb" in name)
+        return n
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token (forward + backward): 6 N + attention (PaLM appendix B)."""
+        c = self.cfg
+        return 6 * self.num_params(exclude_embeddings=True) + 12 * c.n_layers * c.d_model * seq_len
+
+    def backend(self, device: torch.device) -> str:
+        if self._backend is None or self._backend[0] != device.type:
+            self._backend = (device.type, resolve_backend(self.cfg.attention, device.type))
+        return self._backend[1]
+
+    # ---- embeddings ------------------------------------------------------------------------------
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        if not self.n_visual:
+            return self.tok_emb(ids)
+        vo = self.cfg.visual_offset
+        code = ids - vo
+        is_vis = (code >= 0) & (code < self.n_visual)
+        other = torch.where(ids >= vo + self.n_visual, ids - self.n_visual, ids)
+        x = self.tok_emb(torch.where(is_vis, 0, other))
+        c = code.clamp(0, self.n_visual - 1)
+        xv = self.vis_emb_hi(c >> self.lo_bits) + self.vis_emb_lo(c & ((1 << self.lo_bits) - 1))
+        return torch.where(is_vis[..., None], xv, x)
+
+    def forward(
+        self,
+        ids: torch.Tensor,
+        *,
+        prefix_len: torch.Tensor | int | None = None,
+        key_valid: torch.Tensor | None = None,
+        text_embeds: torch.Tensor | None = None,
+        text_positions: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """ids (B, T) -> final hidden states (B, T, d).
+
+        prefix_len: (B,) or int, the bidirectional prefix of each row (None: plain causal);
+        key_valid: (B, T) bool, False at padding; text_embeds (B, N, text_embed_dim) and
+        text_positions (B, N) (-1 = none): embeddings written at those positions;
+        cache: a KVCache; the tokens sit at positions [cache.pos, cache.pos + T), cache.pos advances.
+        """
+        B, T = ids.shape
+        start = cache.pos if cache is not None else 0
+        if start + T > (cache.max_len if cache is not None else self.cfg.max_seq_len):
+            raise InputError(f"ids: {start + T} positions exceed the model's/cache's maximum length")
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.cfg.vocab_size):
+            raise InputError(f"ids: values must be in [0, {self.cfg.vocab_size}), got [{int(ids.min())}, {int(ids.max())}]")
+        x = self.embed(ids)
+        if text_embeds is not None:
+            if self.text_proj is None:
+                raise InputError("text_embeds: this model has no text projection (text_embed_dim = 0)")
+            pos = text_positions - start
+            ok = (text_positions >= 0) & (pos < T) & (pos >= 0)
+            rows = torch.arange(B, device=ids.device)[:, None].expand_as(pos)
+            x = x.index_put((rows[ok], pos[ok]), self.text_proj(text_embeds[ok]).to(x.dtype))
+        if isinstance(prefix_len, int):
+            prefix_len = torch.full((B,), prefix_len, dtype=torch.long, device=ids.device)
+        if cache is not None:
+            if key_valid is not None:
+                cache.key_valid[:, start : start + T] = key_valid
+                cache.has_padding = cache.has_padding or not bool(key_valid.all())
+            key_valid = cache.key_valid[:, : start + T] if cache.has_padding else None
+        elif key_valid is not None and bool(key_valid.all()):
+            key_valid = None
+        mask = make_mask(
+            self.backend(ids.device), B, T, start + T, q_offset=start,
+            prefix_len=prefix_len, key_valid=key_valid, device=ids.device,
+        )  # fmt: skip
+        cos, sin = self.rope_cos[start : start + T], self.rope_sin[start : start + T]
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, mask, cache, i)
+        if cache is not None:
+            cache.pos += T
+        return self.norm(x)
+
+    # ---- output projections ----------------------------------------------------------------------
+    def _head_weight(self) -> torch.Tensor:
+        return self.tok_emb.weight if self.head is None else self.head.weight
+
+    def logits(self, h: torch.Tensor, lo: int = 0, hi: int | None = None) -> torch.Tensor:
+        """Logits of the ids in [lo, hi) for hidden states h (..., d) -> (..., hi - lo)."""
+        hi = self.cfg.vocab_size if hi is None else hi
+        if not 0 <= lo < hi <= self.cfg.vocab_size:
+            raise InputError(f"logits range [{lo}, {hi}): must lie in [0, {self.cfg.vocab_size})")
+        W = self._head_weight()
+        if not self.n_visual:
+            return F.linear(h, W[lo:hi])
+        vo, ve = self.cfg.visual_offset, self.cfg.visual_offset + self.n_visual
+        parts = []
+        if lo < min(hi, vo):
+            parts.append(F.linear(h, W[lo : min(hi, vo)]))
+        if max(lo, vo) < min(hi, ve):
+            lh, ll = self.vis_head(h).split([1 << self.hi_bits, 1 << self.lo_bits], dim=-1)
+            full = (lh[..., :, None] + ll[..., None, :]).flatten(-2)  # code = hi << lo_bits | lo
+            parts.append(full[..., max(lo, vo) - vo : min(hi, ve) - vo])
+        if max(lo, ve) < hi:
+            parts.append(F.linear(h, W[max(lo, ve) - self.n_visual : hi - self.n_visual]))
+        return torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
+
+    def token_nll(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Negative log-likelihood of `targets` (N,) under hidden states h (N, d) -> (N,)."""
+        if not self.n_visual:
+            return F.cross_entropy(F.linear(h, self._head_weight()), targets, reduction="none")
+        vo = self.cfg.visual_offset
+        code = targets - vo
+        is_vis = (code >= 0) & (code < self.n_visual)
+        nll = torch.zeros(targets.shape, dtype=h.dtype, device=h.device)
+        if bool((~is_vis).any()):
+            t = targets[~is_vis]
+            t = torch.where(t >= vo + self.n_visual, t - self.n_visual, t)
+            nll[~is_vis] = F.cross_entropy(F.linear(h[~is_vis], self._head_weight()), t, reduction="none")
+        if bool(is_vis.any()):
+            c = code[is_vis]
+            lh, ll = self.vis_head(h[is_vis]).split([1 << self.hi_bits, 1 << self.lo_bits], dim=-1)
+            lo_mask = (1 << self.lo_bits) - 1
+            nll[is_vis] = F.cross_entropy(lh, c >> self.lo_bits, reduction="none") + F.cross_entropy(
+                ll, c & lo_mask, reduction="none"
+            )
+        return nll
+
+
+def prefix_lm_loss(model: PrefixLM, h: torch.Tensor, ids: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    """Mean next-token NLL over the targets marked in loss_mask (outputs only).
+
+    h (B, T, d) from model(ids, ...); loss_mask (B, T): position t is a target predicted from t-1.
+    The head runs only on the target positions.
+    """
+    m = loss_mask[:, 1:]
+    if not bool(m.any()):
+        raise InputError("loss_mask: no target positions (the loss covers outputs only)")
+    return model.token_nll(h[:, :-1][m], ids[:, 1:][m]).mean()
