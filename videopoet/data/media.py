@@ -83,7 +83,9 @@ class MediaInfo:
 def _check_frames(frames: Any, name: str = "frames") -> np.ndarray:
     """Validate a uint8 (T, H, W, 3) array (a single (H, W, 3) frame is promoted to T=1)."""
     if isinstance(frames, torch.Tensor):
-        raise InputError(f"{name}: expected a numpy uint8 array (T,H,W,3), got a torch tensor; use tensor_to_video")
+        raise InputError(
+            f"{name}: expected a numpy uint8 array (T,H,W,3), got a torch tensor; use tensor_to_video"
+        )
     frames = np.asarray(frames)
     if frames.ndim == 3 and frames.shape[-1] == 3:
         frames = frames[None]
@@ -514,8 +516,14 @@ def _decode_av(
 
 
 def _check_not_truncated(
-    path: Path, container: Any, vstream: Any, origin: float, video_end: float, frame_dur: float,
-    sel: _FrameSelector, stopped_early: bool,
+    path: Path,
+    container: Any,
+    vstream: Any,
+    origin: float,
+    video_end: float,
+    frame_dur: float,
+    sel: _FrameSelector,
+    stopped_early: bool,
 ) -> None:
     """Raise if the stream ran out well before the end its header declares, inside the asked window.
 
@@ -538,7 +546,8 @@ def _check_not_truncated(
     wanted_end = min(declared, sel.t1)
     if wanted_end - video_end > tol:
         raise MediaError(
-            path, f"truncated: the header declares {declared:.2f} s of video but decoding stops at {video_end:.2f} s"
+            path,
+            f"truncated: the header declares {declared:.2f} s of video but decoding stops at {video_end:.2f} s",
         )
 
 
@@ -607,7 +616,14 @@ def read_video(
         return VideoData(frames=frames, fps=out_fps)
 
     frame_list, native_fps, audio, a_rate, _ = _decode_av(
-        path, want_video=True, want_audio=with_audio, sel=sel, transform=transform, start=start, end=end, mono=mono
+        path,
+        want_video=True,
+        want_audio=with_audio,
+        sel=sel,
+        transform=transform,
+        start=start,
+        end=end,
+        mono=mono,
     )
     out_fps = float(fps) if fps is not None else float(native_fps or DEFAULT_FPS)
     frames = np.stack(frame_list)  # (T, h, w, 3)
@@ -616,12 +632,12 @@ def read_video(
         out_sr = int(sample_rate)
         n_out = round(len(frames) / out_fps * out_sr)
         audio = resample_audio(audio, a_rate, out_sr)
-        out_audio = _fit_length(audio, n_out)
+        out_audio = fit_length(audio, n_out)
     return VideoData(frames=frames, fps=out_fps, audio=out_audio, sample_rate=out_sr)
 
 
-def _fit_length(audio: np.ndarray, n: int) -> np.ndarray:
-    """Trim or zero-pad (C, S) audio to exactly n samples."""
+def fit_length(audio: np.ndarray, n: int) -> np.ndarray:
+    """Trim or zero-pad (C, S) audio to exactly n samples (the end is cut or padded)."""
     if audio.shape[1] >= n:
         return np.ascontiguousarray(audio[:, :n])
     return np.concatenate([audio, np.zeros((audio.shape[0], n - audio.shape[1]), np.float32)], axis=1)
@@ -649,10 +665,10 @@ def read_audio(
         path, want_video=False, want_audio=True, sel=None, transform=None, start=start, end=end, mono=mono
     )
     if end is not None:
-        audio = _fit_length(audio, round((end - start) * a_rate))
+        audio = fit_length(audio, round((end - start) * a_rate))
     audio = resample_audio(audio, a_rate, int(sample_rate))
     if end is not None:
-        audio = _fit_length(audio, round((end - start) * int(sample_rate)))
+        audio = fit_length(audio, round((end - start) * int(sample_rate)))
     return audio, int(sample_rate)
 
 
@@ -868,7 +884,9 @@ def write_video(
     codecs = {".mp4": ("libx264", "aac"), ".mov": ("libx264", "aac"), ".mkv": ("libx264", "aac"),
               ".m4v": ("libx264", "aac"), ".webm": ("libvpx-vp9", "libopus")}  # fmt: skip
     if ext not in codecs:
-        raise InputError(f"{path}: unsupported video extension {ext!r} (use .mp4, .webm, .mkv, .mov, .gif or .webp)")
+        raise InputError(
+            f"{path}: unsupported video extension {ext!r} (use .mp4, .webm, .mkv, .mov, .gif or .webp)"
+        )
     rate = _rate(fps)
     if audio is not None:
         audio = _check_audio(audio)
@@ -961,7 +979,9 @@ def _write_pillow_animation(path: Path, frames: np.ndarray, fps: float, fmt: str
     images = [Image.fromarray(f) for f in frames]
     kwargs: dict[str, Any] = {"format": fmt}
     if len(images) > 1:
-        kwargs.update(save_all=True, append_images=images[1:], duration=_durations_ms(len(images), fps, step), loop=0)
+        kwargs.update(
+            save_all=True, append_images=images[1:], duration=_durations_ms(len(images), fps, step), loop=0
+        )
     if fmt == "WEBP":
         kwargs.update(quality=90, method=4)
     if fmt == "GIF":
@@ -985,7 +1005,9 @@ def write_image(path: str | Path, image: np.ndarray) -> Path:
 
     path = Path(path)
     img = _check_frames(image)[0]
-    fmt = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP"}.get(path.suffix.lower())
+    fmt = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP"}.get(
+        path.suffix.lower()
+    )
     if fmt is None:
         raise InputError(f"{path}: unsupported image extension (use .png, .jpg, .webp or .bmp)")
     with atomic_path(path) as tmp:
