@@ -111,7 +111,8 @@ def _visual(w: _Writer, vocab: Vocabulary, codes: torch.Tensor, name: str, maske
     ids = torch.where(flat < 0, torch.full_like(flat, mask_id), flat + vocab.visual_offset)
     mod = torch.where(flat < 0, int(Mod.SPECIAL), int(Mod.VISUAL))
     lo, hi = vocab.visual_range()
-    w.tokens(ids, mod, lo, hi)
+    masked_pos = flat < 0
+    w.tokens(ids, mod, torch.where(masked_pos, mask_id, lo), torch.where(masked_pos, mask_id + 1, hi))
 
 
 def _audio(w: _Writer, vocab: Vocabulary, codes: torch.Tensor, name: str) -> None:

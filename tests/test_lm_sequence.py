@@ -1,0 +1,157 @@
+"""Vocabulary and sequence layout: ranges, save/load, every task round-trips, loss mask, legal ranges."""
+
+import pytest
+import torch
+
+from videopoet.errors import ConfigError, InputError
+from videopoet.lm.sequence import Mod, build_sequence, collate, output_codes, parse_sequence
+from videopoet.lm.vocab import NUM_SPECIAL, Vocabulary
+from videopoet.tasks.specs import TASKS
+
+V = Vocabulary(visual_bits=6, audio_levels=3, audio_codes=16, text_size=40)
+
+
+def test_vocab_ranges_follow_the_design_layout():
+    assert V.visual_range() == (256, 256 + 64)
+    assert V.audio_level_range(0) == (320, 336)
+    assert V.audio_level_range(2) == (352, 368)
+    assert V.text_range() == (368, 408)
+    assert V.size == 408
+    assert all(V.task_id(t) < NUM_SPECIAL for t in TASKS)
+    assert len({V.task_id(t) for t in TASKS}) == len(TASKS)
+    assert V.token_name(V.id("<bov_o>")) == "<bov_o>"
+    assert V.token_name(256 + 5) == "v5" and V.token_name(320 + 16 + 3) == "a1:3" and V.token_name(370) == "t2"
+
+
+def test_vocab_save_load_and_errors(tmp_path):
+    V.save(tmp_path / "vocab.json")
+    W = Vocabulary.load(tmp_path / "vocab.json")
+    assert W == V and W.id("<task:t2v>") == V.id("<task:t2v>")
+    with pytest.raises(ConfigError, match="audio_levels"):
+        Vocabulary(visual_bits=6, audio_levels=2)
+    with pytest.raises(ConfigError, match="visual_bits"):
+        Vocabulary(visual_bits=0)
+    with pytest.raises(InputError, match="<nope>"):
+        V.id("<nope>")
+
+
+def test_vocab_from_tokenizers_duck_typed():
+    class Cfg:
+        num_levels = 4
+        codebook_size = 32
+
+    class Video:
+        vocab_size = 1024
+
+    class Audio:
+        config = Cfg()
+        vocab_size = 128
+
+    class Text:
+        vocab_size = 500
+
+    v = Vocabulary.from_tokenizers(Video(), Audio(), Text())
+    assert (v.visual_bits, v.audio_levels, v.audio_codes, v.text_size) == (10, 4, 32, 500)
+    assert Vocabulary.from_tokenizers(Video()).size == 256 + 1024
+
+    class Audio2:  # only vocab_size and the number of levels (as a dict config)
+        config = {"n_q": 2}
+        vocab_size = 64
+
+    assert Vocabulary.from_tokenizers(Video(), Audio2()).audio_codes == 32
+
+
+def _example(task, embed=False, g=None):
+    g = g or torch.Generator().manual_seed(1)
+    vis = lambda *s: torch.randint(0, V.visual_size, s, generator=g)  # noqa: E731
+    aud = lambda f: torch.randint(0, V.audio_codes, (V.audio_levels, f), generator=g)  # noqa: E731
+    text = torch.randn(5, 8, generator=g) if embed else torch.randint(0, V.text_size, (7,), generator=g)
+    masked = vis(2, 3, 3)
+    masked[:, 1:, 1:] = -1
+    all_inputs = {
+        "text": text, "first_frame": vis(1, 3, 3), "context": vis(1, 3, 3), "masked": masked,
+        "structure": vis(2, 3, 3), "video": vis(2, 3, 3), "audio": aud(4),
+    }  # fmt: skip
+    spec = TASKS[task]
+    inputs = {p.name: all_inputs[p.name] for p in spec.prefix}
+    outputs = {p.name: vis(2, 3, 3) if p.modality == "visual" else aud(6) for p in spec.outputs}
+    return inputs, outputs
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+def test_every_task_round_trips(task):
+    inputs, outputs = _example(task)
+    s = build_sequence(V, task, inputs, outputs, res="128x128")
+    ids = s.ids
+    assert ids[0] == V.id("<bos>") and ids[1] == V.task_id(task)
+    assert ids[s.prefix_len - 1] in (V.id("<bov_o>"), V.id("<boa_o>"))
+    # the loss covers exactly the tokens after the prefix
+    assert s.loss_mask.tolist() == [i >= s.prefix_len for i in range(len(s))]
+    # every position's id lies in its legal range, and forced positions are exactly the markers
+    assert bool(((ids >= s.legal[:, 0]) & (ids < s.legal[:, 1])).all())
+    assert bool(((s.legal[:, 1] - s.legal[:, 0] == 1) == (s.modality == Mod.SPECIAL)).all())
+    if TASKS[task].open_end:
+        assert ids[-1] >= V.visual_offset  # t2i ends on the last visual code: no <eov_o><eos>
+    else:
+        assert ids[-1] == V.id("<eos>")
+    name, got_in, got_out = parse_sequence(V, ids)
+    assert name == task
+    assert set(got_in) == set(inputs) and set(got_out) == set(outputs)
+    for k, x in inputs.items():
+        assert torch.equal(got_in[k], x.reshape(got_in[k].shape)), k
+    for k, y in outputs.items():
+        assert torch.equal(got_out[k], y.reshape(got_out[k].shape)), k
+    # generated ids (everything after the prefix) -> output codes with their shapes
+    codes = output_codes(V, s, ids[s.prefix_len :][None])
+    for k, y in outputs.items():
+        assert torch.equal(codes[k][0], y)
+
+
+def test_generation_layout_matches_training_layout():
+    inputs, outputs = _example("avcont")
+    full = build_sequence(V, "avcont", inputs, outputs)
+    gen = build_sequence(V, "avcont", inputs, {k: tuple(v.shape) for k, v in outputs.items()})
+    assert gen.prefix_len == full.prefix_len and len(gen) == len(full)
+    assert torch.equal(gen.ids[: gen.prefix_len], full.ids[: full.prefix_len])
+    assert torch.equal(gen.legal, full.legal)
+    # audio level l may only hold level-l codes
+    a = full.outputs[1]
+    lo = full.legal[a.start : a.start + a.length, 0].reshape(V.audio_levels, -1)
+    assert lo[:, 0].tolist() == [V.audio_level_range(level)[0] for level in range(V.audio_levels)]
+
+
+def test_embedding_mode_places_placeholders():
+    inputs, outputs = _example("t2v", embed=True)
+    inputs["text_mask"] = torch.tensor([True, True, True, False, False])
+    s = build_sequence(V, "t2v", inputs, outputs)
+    assert s.text_embeds.shape == (3, 8) and torch.equal(s.text_embeds, inputs["text"][:3])
+    assert s.text_positions.tolist() == [3, 4, 5]  # <bos><task><bot_i> then the embeddings
+    assert (s.ids[s.text_positions] == V.id("<text_emb>")).all()
+    assert (s.modality[s.text_positions] == Mod.TEXT_EMB).all()
+    _, got_in, _ = parse_sequence(V, s.ids)
+    assert int(got_in["text"]) == 3
+
+
+def test_collate_right_pads_without_loss():
+    a = build_sequence(V, "uncond", {}, {"video": torch.zeros(1, 2, 2, dtype=torch.long)})
+    b = build_sequence(V, "t2v", {"text": torch.tensor([1, 2, 3])}, {"video": torch.ones(1, 2, 2, dtype=torch.long)})
+    batch = collate([a, b], V.pad_id)
+    assert batch.ids.shape == (2, len(b))
+    assert batch.ids[0, len(a) :].eq(V.pad_id).all() and not batch.loss_mask[0, len(a) :].any()
+    assert batch.prefix_len.tolist() == [a.prefix_len, b.prefix_len]
+
+
+def test_bad_inputs_name_the_field():
+    with pytest.raises(InputError, match="first_frame"):
+        build_sequence(V, "i2v", {}, {"video": (1, 2, 2)})
+    with pytest.raises(InputError, match="video"):
+        build_sequence(V, "t2v", {}, {"video": torch.full((1, 2, 2), 64)})
+    with pytest.raises(InputError, match="audio"):
+        build_sequence(V, "v2a", {"video": torch.zeros(1, 2, 2, dtype=torch.long)}, {"audio": (2, 5)})
+    with pytest.raises(InputError, match="unknown"):
+        build_sequence(V, "t2v", {"image": torch.zeros(1)}, {"video": (1, 2, 2)})
+    with pytest.raises(InputError, match="nope"):
+        build_sequence(V, "nope", {}, {})
+    s = build_sequence(V, "t2v", {}, {"video": (1, 2, 2)})
+    with pytest.raises(InputError, match="legal range"):
+        output_codes(V, s, torch.tensor([[V.pad_id] * 4 + [V.id("<eov_o>"), V.id("<eos>")]]))
