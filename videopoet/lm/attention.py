@@ -38,7 +38,7 @@ def _has_flex() -> bool:
     return importlib.util.find_spec("torch.nn.attention.flex_attention") is not None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def resolve_backend(name: str, device_type: str) -> str:
     """The backend to use for `name` on `device_type`; raises for unsupported combinations."""
     if name not in BACKENDS:

@@ -356,7 +356,7 @@ def stack_text_embeds(seqs: list[Sequence], offsets: list[int]) -> tuple[torch.T
     D = with_emb[0].text_embeds.shape[1]
     emb = torch.zeros(len(seqs), N, D, dtype=with_emb[0].text_embeds.dtype)
     pos = torch.full((len(seqs), N), -1, dtype=torch.long)
-    for b, (s, off) in enumerate(zip(seqs, offsets)):
+    for b, (s, off) in enumerate(zip(seqs, offsets, strict=True)):
         if s.text_embeds is not None:
             n = s.text_embeds.shape[0]
             emb[b, :n] = s.text_embeds

@@ -1,0 +1,128 @@
+"""Generation: KV cache = no cache, guidance, constrained decoding, seeds, sampling filters."""
+
+import pytest
+import torch
+
+from videopoet.errors import InputError
+from videopoet.lm import generate as G
+from videopoet.lm.generate import generate, make_prompt, sample_logits, sample_task
+from videopoet.lm.model import LMConfig, PrefixLM
+from videopoet.lm.sequence import build_sequence, output_codes
+from videopoet.lm.vocab import Vocabulary
+
+VOCAB = Vocabulary(visual_bits=6, audio_levels=2, audio_codes=16, text_size=40)
+
+
+def model(**kw):
+    cfg = dict(vocab_size=VOCAB.size, d_model=32, n_layers=2, n_heads=4, max_seq_len=256, visual_bits=6)
+    cfg.update(kw)
+    torch.manual_seed(0)
+    return PrefixLM(LMConfig(**cfg)).eval()
+
+
+def prompts(texts, shapes):
+    return make_prompt([build_sequence(VOCAB, "avcont" if "audio" in shapes else "t2v", t, shapes) for t in texts], VOCAB.pad_id)
+
+
+def test_cached_decoding_equals_uncached_greedy():
+    m = model()
+    p = prompts([{"text": torch.tensor([1, 2, 3])}, {"text": torch.tensor([5])}], {"video": (2, 2, 2)})
+    a = generate(m, p, temperature=0)
+    b = generate(m, p, temperature=0, use_cache=False)
+    assert torch.equal(a, b)
+    # left padding does not change a row: row 1 alone gives the same tokens
+    alone = generate(m, prompts([{"text": torch.tensor([5])}], {"video": (2, 2, 2)}), temperature=0)
+    assert torch.equal(alone[0], a[1])
+
+
+def _spy_logits(monkeypatch):
+    seen = []
+    real = G.sample_logits
+
+    def spy(logits, **kw):
+        seen.append(logits.clone())
+        return real(logits, **kw)
+
+    monkeypatch.setattr(G, "sample_logits", spy)
+    return seen
+
+
+def test_guidance_scale_one_equals_conditional_logits(monkeypatch):
+    m = model()
+    shapes = {"video": (1, 2, 3)}
+    cond = prompts([{"text": torch.tensor([1, 2, 3, 4])}], shapes)
+    unc = prompts([{}], shapes)  # text dropped: a shorter prefix, left-padded in the joint batch
+    seen = _spy_logits(monkeypatch)
+    a = generate(m, cond, temperature=0)
+    ref = [x.clone() for x in seen]
+    seen.clear()
+    b = generate(m, cond, uncond=unc, guidance_scale=1.0, temperature=0)
+    assert torch.equal(a, b)
+    assert len(seen) == len(ref) == 6
+    for x, y in zip(seen, ref, strict=True):
+        assert torch.allclose(x, y, atol=1e-5)
+    # guidance > 1 moves the logits away from the unconditional ones by the given factor
+    seen.clear()
+    generate(m, unc, temperature=0)
+    u0 = seen[0].clone()
+    seen.clear()
+    generate(m, cond, uncond=unc, guidance_scale=3.0, temperature=0)
+    assert torch.allclose(seen[0], u0 + 3.0 * (ref[0] - u0), atol=1e-4)
+
+
+def test_constrained_decoding_never_emits_an_illegal_token():
+    m = model()
+    shapes = {"video": (1, 3, 3), "audio": (2, 5)}
+    inputs = [{"first_frame": torch.randint(0, 64, (1, 3, 3)), "audio": torch.randint(0, 16, (2, 3))} for _ in range(4)]
+    seqs = [build_sequence(VOCAB, "avcont", x, shapes) for x in inputs]
+    p = make_prompt(seqs, VOCAB.pad_id)
+    out = generate(m, p, temperature=5.0, seed=0)
+    lo, hi = p.legal.T
+    assert bool(((out >= lo) & (out < hi)).all())
+    codes = output_codes(VOCAB, seqs[0], out)  # parses without error, audio levels in range
+    assert codes["video"].shape == (4, 1, 3, 3) and codes["audio"].shape == (4, 2, 5)
+    # the same model sampled over the whole vocabulary at this temperature emits illegal ids
+    h = m(p.ids, prefix_len=p.ids.shape[1], key_valid=p.key_valid)[:, -1]
+    free = sample_logits(m.logits(h).repeat(50, 1), temperature=5.0, generator=torch.Generator().manual_seed(0))
+    lo0, hi0 = VOCAB.visual_range()
+    assert ((free < lo0) | (free >= hi0)).float().mean() > 0.3
+
+
+def test_seed_reproducible_and_rows_differ():
+    m = model()
+    p = prompts([{"text": torch.tensor([1, 2])}] * 3, {"video": (2, 2, 2)})
+    a = generate(m, p, seed=7, temperature=1.5)
+    b = generate(m, p, seed=7, temperature=1.5)
+    c = generate(m, p, seed=8, temperature=1.5)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert not torch.equal(a[0], a[1])  # same prompt, independent samples per row
+
+
+def test_sampling_filters():
+    logits = torch.tensor([[0.0, 3.0, 1.0, 2.9]])
+    g = torch.Generator().manual_seed(0)
+    draws = torch.stack([sample_logits(logits, top_k=2, generator=g) for _ in range(200)])
+    assert set(draws.flatten().tolist()) == {1, 3}
+    draws = torch.stack([sample_logits(logits, top_p=0.01, generator=g) for _ in range(50)])
+    assert set(draws.flatten().tolist()) == {1}
+    assert sample_logits(logits, temperature=0).tolist() == [1]
+    # top_p keeps the smallest set whose mass reaches p
+    p = logits.softmax(-1)[0]
+    keep = float(p[1] + p[3]) - 1e-3
+    draws = torch.stack([sample_logits(logits, top_p=keep, generator=g) for _ in range(200)])
+    assert set(draws.flatten().tolist()) == {1, 3}
+    with pytest.raises(InputError):
+        generate(model(), prompts([{}], {"video": (1, 1, 1)}), top_p=0)
+
+
+def test_sample_task_with_guidance_and_text_embeddings():
+    v = Vocabulary(visual_bits=6, audio_levels=2, audio_codes=16, text_size=0)
+    m2 = PrefixLM(LMConfig(vocab_size=v.size, d_model=32, n_layers=2, n_heads=4, max_seq_len=256, text_embed_dim=8)).eval()
+    inputs = [{"text": torch.randn(4, 8)}, {"text": torch.randn(6, 8), "text_mask": torch.tensor([1, 1, 1, 0, 0, 0]).bool()}]
+    out = sample_task(m2, v, "t2v", inputs, {"video": (2, 2, 2)}, guidance_scale=2.0, seed=0, top_k=8)
+    assert out["video"].shape == (2, 2, 2, 2)
+    assert int(out["video"].min()) >= 0 and int(out["video"].max()) < 64
+    # the text embedding matters: other text, other greedy video
+    a = sample_task(m2, v, "t2v", inputs[:1], {"video": (2, 2, 2)}, temperature=0)
+    b = sample_task(m2, v, "t2v", [{"text": torch.randn(4, 8) * 3}], {"video": (2, 2, 2)}, temperature=0)
+    assert not torch.equal(a["video"], b["video"])
