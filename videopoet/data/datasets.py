@@ -29,7 +29,7 @@ import tempfile
 import uuid
 import weakref
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +61,7 @@ class ClipEntry:
     end: float | None
     is_image: bool  # a still image: served as a 1-frame clip
     window: int = 0  # which of the file's `clips_per_video` windows
+    meta: dict[str, Any] = field(default_factory=dict, compare=False)  # extra manifest keys
 
 
 # =============================================================================== sources
@@ -88,7 +89,9 @@ def scan_folder(folder: Path) -> list[dict[str, Any]]:
 
 
 def read_manifest(path: Path) -> list[dict[str, Any]]:
-    """Parse a JSONL manifest: one {"path", "caption"?, "start"?, "end"?} object per line.
+    """Parse a JSONL manifest: one {"path", "caption"?, "start"?, "end"?, ...} object per line.
+
+    Other keys (e.g. the shapes benchmark's "attributes") are kept as the entry's `meta`.
 
     Relative paths are resolved against the manifest's folder. Malformed lines raise ConfigError
     naming the line (a broken manifest is a config problem; a broken media file is skipped later).
@@ -107,11 +110,6 @@ def read_manifest(path: Path) -> list[dict[str, Any]]:
             raise ConfigError(f"{path}:{n}: not valid JSON ({e.msg})") from None
         if not isinstance(rec, dict) or not isinstance(rec.get("path"), str) or not rec["path"]:
             raise ConfigError(f"{path}:{n}: expected an object with a string 'path'")
-        unknown = set(rec) - {"path", "caption", "start", "end"}
-        if unknown:
-            raise ConfigError(
-                f"{path}:{n}: unknown keys {sorted(unknown)} (allowed: path, caption, start, end)"
-            )
         start, end = rec.get("start"), rec.get("end")
         for key, v in (("start", start), ("end", end)):
             if v is not None and (
@@ -124,14 +122,9 @@ def read_manifest(path: Path) -> list[dict[str, Any]]:
         if not isinstance(caption, str):
             raise ConfigError(f"{path}:{n}: 'caption' must be a string")
         p = Path(rec["path"]).expanduser()
-        records.append(
-            {
-                "path": p if p.is_absolute() else path.parent / p,
-                "caption": caption,
-                "start": start,
-                "end": end,
-            }
-        )
+        meta = {k: v for k, v in rec.items() if k not in ("path", "caption", "start", "end")}
+        p = path.parent / p if not p.is_absolute() else p
+        records.append({"path": p, "caption": caption, "start": start, "end": end, "meta": meta})
     return records
 
 

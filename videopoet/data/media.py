@@ -8,7 +8,7 @@ Design choices
   cropping and resizing happen per frame, so a 720p file read at 8 fps and 64x64 never holds the
   full-resolution video in memory. Only frames that are kept are converted to RGB.
 - Frame-rate conversion picks, for each output time t_k = start + k / fps, the decoded frame whose
-  timestamp is nearest (ties go to the later frame). Output covers [start, end) where end defaults
+  timestamp is nearest (ties go to the earlier frame, so 2x upsampling repeats each frame twice). Output covers [start, end) where end defaults
   to the end of the stream (last timestamp + one frame), so N frames at f fps become
   ceil(N * fps / f) frames.
 - Audio is decoded to float32 planar at its native rate (FFmpeg does the channel down-mix when
@@ -209,7 +209,7 @@ class _FrameSelector:
             t = self._target()
             if ts < t - 1e-9:
                 break
-            if self.prev is not None and (t - self.prev[0]) < (ts - t) - 1e-9:
+            if self.prev is not None and (t - self.prev[0]) <= (ts - t) + 1e-9:  # ties: the earlier frame
                 self.out.append(self.prev[1])
             else:
                 self.out.append(frame)
