@@ -21,7 +21,10 @@ def model(**kw):
 
 
 def prompts(texts, shapes):
-    return make_prompt([build_sequence(VOCAB, "avcont" if "audio" in shapes else "t2v", t, shapes) for t in texts], VOCAB.pad_id)
+    return make_prompt(
+        [build_sequence(VOCAB, "avcont" if "audio" in shapes else "t2v", t, shapes) for t in texts],
+        VOCAB.pad_id,
+    )
 
 
 def test_cached_decoding_equals_uncached_greedy():
@@ -73,7 +76,10 @@ def test_guidance_scale_one_equals_conditional_logits(monkeypatch):
 def test_constrained_decoding_never_emits_an_illegal_token():
     m = model()
     shapes = {"video": (1, 3, 3), "audio": (2, 5)}
-    inputs = [{"first_frame": torch.randint(0, 64, (1, 3, 3)), "audio": torch.randint(0, 16, (2, 3))} for _ in range(4)]
+    inputs = [
+        {"first_frame": torch.randint(0, 64, (1, 3, 3)), "audio": torch.randint(0, 16, (2, 3))}
+        for _ in range(4)
+    ]
     seqs = [build_sequence(VOCAB, "avcont", x, shapes) for x in inputs]
     p = make_prompt(seqs, VOCAB.pad_id)
     out = generate(m, p, temperature=5.0, seed=0)
@@ -83,7 +89,9 @@ def test_constrained_decoding_never_emits_an_illegal_token():
     assert codes["video"].shape == (4, 1, 3, 3) and codes["audio"].shape == (4, 2, 5)
     # the same model sampled over the whole vocabulary at this temperature emits illegal ids
     h = m(p.ids, prefix_len=p.ids.shape[1], key_valid=p.key_valid)[:, -1]
-    free = sample_logits(m.logits(h).repeat(50, 1), temperature=5.0, generator=torch.Generator().manual_seed(0))
+    free = sample_logits(
+        m.logits(h).repeat(50, 1), temperature=5.0, generator=torch.Generator().manual_seed(0)
+    )
     lo0, hi0 = VOCAB.visual_range()
     assert ((free < lo0) | (free >= hi0)).float().mean() > 0.3
 
@@ -117,8 +125,13 @@ def test_sampling_filters():
 
 def test_sample_task_with_guidance_and_text_embeddings():
     v = Vocabulary(visual_bits=6, audio_levels=2, audio_codes=16, text_size=0)
-    m2 = PrefixLM(LMConfig(vocab_size=v.size, d_model=32, n_layers=2, n_heads=4, max_seq_len=256, text_embed_dim=8)).eval()
-    inputs = [{"text": torch.randn(4, 8)}, {"text": torch.randn(6, 8), "text_mask": torch.tensor([1, 1, 1, 0, 0, 0]).bool()}]
+    m2 = PrefixLM(
+        LMConfig(vocab_size=v.size, d_model=32, n_layers=2, n_heads=4, max_seq_len=256, text_embed_dim=8)
+    ).eval()
+    inputs = [
+        {"text": torch.randn(4, 8)},
+        {"text": torch.randn(6, 8), "text_mask": torch.tensor([1, 1, 1, 0, 0, 0]).bool()},
+    ]
     out = sample_task(m2, v, "t2v", inputs, {"video": (2, 2, 2)}, guidance_scale=2.0, seed=0, top_k=8)
     assert out["video"].shape == (2, 2, 2, 2)
     assert int(out["video"].min()) >= 0 and int(out["video"].max()) < 64

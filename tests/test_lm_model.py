@@ -178,15 +178,29 @@ def _llama_pair(n_kv_heads):
     )  # fmt: skip
     ref = LlamaForCausalLM(lc).eval()
     ours = PrefixLM(
-        LMConfig(vocab_size=300, d_model=64, n_layers=2, n_heads=4, n_kv_heads=n_kv_heads, mlp_hidden=160, max_seq_len=128)
+        LMConfig(
+            vocab_size=300,
+            d_model=64,
+            n_layers=2,
+            n_heads=4,
+            n_kv_heads=n_kv_heads,
+            mlp_hidden=160,
+            max_seq_len=128,
+        )
     ).eval()
     sd = ref.state_dict()
-    new = {"tok_emb.weight": sd["model.embed_tokens.weight"], "norm.weight": sd["model.norm.weight"], "head.weight": sd["lm_head.weight"]}
+    new = {
+        "tok_emb.weight": sd["model.embed_tokens.weight"],
+        "norm.weight": sd["model.norm.weight"],
+        "head.weight": sd["lm_head.weight"],
+    }
     for i in range(2):
         p = f"model.layers.{i}."
         new[f"layers.{i}.attn.wqkv.weight"] = torch.cat([sd[p + f"self_attn.{n}_proj.weight"] for n in "qkv"])
         new[f"layers.{i}.attn.wo.weight"] = sd[p + "self_attn.o_proj.weight"]
-        new[f"layers.{i}.mlp.w13.weight"] = torch.cat([sd[p + "mlp.gate_proj.weight"], sd[p + "mlp.up_proj.weight"]])
+        new[f"layers.{i}.mlp.w13.weight"] = torch.cat(
+            [sd[p + "mlp.gate_proj.weight"], sd[p + "mlp.up_proj.weight"]]
+        )
         new[f"layers.{i}.mlp.w2.weight"] = sd[p + "mlp.down_proj.weight"]
         new[f"layers.{i}.attn_norm.weight"] = sd[p + "input_layernorm.weight"]
         new[f"layers.{i}.mlp_norm.weight"] = sd[p + "post_attention_layernorm.weight"]

@@ -20,7 +20,9 @@ def test_vocab_ranges_follow_the_design_layout():
     assert all(V.task_id(t) < NUM_SPECIAL for t in TASKS)
     assert len({V.task_id(t) for t in TASKS}) == len(TASKS)
     assert V.token_name(V.id("<bov_o>")) == "<bov_o>"
-    assert V.token_name(256 + 5) == "v5" and V.token_name(320 + 16 + 3) == "a1:3" and V.token_name(370) == "t2"
+    assert (
+        V.token_name(256 + 5) == "v5" and V.token_name(320 + 16 + 3) == "a1:3" and V.token_name(370) == "t2"
+    )
 
 
 def test_vocab_save_load_and_errors(tmp_path):
@@ -134,7 +136,9 @@ def test_embedding_mode_places_placeholders():
 
 def test_collate_right_pads_without_loss():
     a = build_sequence(V, "uncond", {}, {"video": torch.zeros(1, 2, 2, dtype=torch.long)})
-    b = build_sequence(V, "t2v", {"text": torch.tensor([1, 2, 3])}, {"video": torch.ones(1, 2, 2, dtype=torch.long)})
+    b = build_sequence(
+        V, "t2v", {"text": torch.tensor([1, 2, 3])}, {"video": torch.ones(1, 2, 2, dtype=torch.long)}
+    )
     batch = collate([a, b], V.pad_id)
     assert batch.ids.shape == (2, len(b))
     assert batch.ids[0, len(a) :].eq(V.pad_id).all() and not batch.loss_mask[0, len(a) :].any()

@@ -51,7 +51,9 @@ def resolve_backend(name: str, device_type: str) -> str:
         raise NotAvailableError("attention='flex' needs torch >= 2.5 (torch.nn.attention.flex_attention)")
     if chosen == "xformers":
         if device_type != "cuda":
-            raise NotAvailableError(f"attention='xformers' needs a CUDA device (got {device_type}); use 'sdpa'")
+            raise NotAvailableError(
+                f"attention='xformers' needs a CUDA device (got {device_type}); use 'sdpa'"
+            )
         if importlib.util.find_spec("xformers") is None:
             raise NotAvailableError("attention='xformers': xformers is not installed (pip install xformers)")
     log.info("attention backend: %s (asked for %s, device %s)", chosen, name, device_type)
@@ -100,8 +102,16 @@ def make_mask(
     if backend == "flex":
         from torch.nn.attention.flex_attention import create_block_mask
 
-        P = prefix_len.to(device) if prefix_len is not None else torch.zeros(batch, dtype=torch.long, device=device)
-        kv = key_valid.to(device) if key_valid is not None else torch.ones(batch, k_len, dtype=torch.bool, device=device)
+        P = (
+            prefix_len.to(device)
+            if prefix_len is not None
+            else torch.zeros(batch, dtype=torch.long, device=device)
+        )
+        kv = (
+            key_valid.to(device)
+            if key_valid is not None
+            else torch.ones(batch, k_len, dtype=torch.bool, device=device)
+        )
 
         def mask_mod(b, h, q, k):
             return kv[b, k] & ((k <= q + q_offset) | (k < P[b]))
@@ -132,7 +142,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Mask) -> 
     """q (B, H, Tq, D), k/v (B, Hkv, Tk, D) with H a multiple of Hkv -> (B, H, Tq, D)."""
     gqa = q.shape[1] != k.shape[1]
     if mask.backend == "sdpa":
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask.dense, is_causal=mask.is_causal, enable_gqa=gqa)
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask.dense, is_causal=mask.is_causal, enable_gqa=gqa
+        )
     if mask.backend == "flex":
         from torch.nn.attention.flex_attention import flex_attention
 
@@ -145,6 +157,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Mask) -> 
             k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
         Tk = k.shape[2]
         bias = mask.bias.expand(q.shape[0], q.shape[1], q.shape[2], mask.bias.shape[-1])[..., :Tk]
-        out = xops.memory_efficient_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_bias=bias)
+        out = xops.memory_efficient_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_bias=bias
+        )
         return out.transpose(1, 2)
     raise NotAvailableError(f"attention backend {mask.backend!r}: unknown")

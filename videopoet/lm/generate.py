@@ -48,7 +48,9 @@ def make_prompt(seqs: Seq[Sequence], pad_id: int) -> Prompt:
     legal = seqs[0].legal[seqs[0].prefix_len :]
     for i, s in enumerate(seqs):
         if not torch.equal(s.legal[s.prefix_len :], legal):
-            raise InputError(f"sequence {i}: its output layout differs from sequence 0 (one layout per batch)")
+            raise InputError(
+                f"sequence {i}: its output layout differs from sequence 0 (one layout per batch)"
+            )
     P = max(s.prefix_len for s in seqs)
     ids = torch.full((len(seqs), P), pad_id, dtype=torch.long)
     valid = torch.zeros(len(seqs), P, dtype=torch.bool)
@@ -139,7 +141,9 @@ def generate(
     benchmark only).
     """
     if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
-        raise InputError(f"sampling: need temperature >= 0, 0 < top_p <= 1, top_k >= 0 (got {temperature}, {top_p}, {top_k})")
+        raise InputError(
+            f"sampling: need temperature >= 0, 0 < top_p <= 1, top_k >= 0 (got {temperature}, {top_p}, {top_k})"
+        )
     B = prompt.batch
     if uncond is not None and uncond.batch != B:
         raise InputError(f"uncond: {uncond.batch} rows, the prompt has {B}")
@@ -208,7 +212,12 @@ def sample_task(
         text = {p.name for p in spec.prefix if p.modality == "text"} | {"text_mask"}
         if not any(k in x for x in inputs for k in text):
             raise InputError(f"guidance_scale={guidance_scale}: task {task} has no text input to drop")
-        useqs = [build_sequence(vocab, spec, {k: v for k, v in x.items() if k not in text}, output_shapes, res=res) for x in inputs]
+        useqs = [
+            build_sequence(vocab, spec, {k: v for k, v in x.items() if k not in text}, output_shapes, res=res)
+            for x in inputs
+        ]
         uncond = make_prompt(useqs, vocab.pad_id)
-    ids = generate(model, prompt, uncond=uncond, guidance_scale=guidance_scale, pad_id=vocab.pad_id, **sampling)
+    ids = generate(
+        model, prompt, uncond=uncond, guidance_scale=guidance_scale, pad_id=vocab.pad_id, **sampling
+    )
     return output_codes(vocab, seqs[0], ids.cpu())

@@ -86,7 +86,12 @@ def lm_config(vocab, model: dict, where: str = "model") -> LMConfig:
     """An LMConfig from a preset's `model:` section, with the sizes filled in from the vocabulary."""
     return from_dict(
         LMConfig,
-        {**model, "vocab_size": vocab.size, "visual_offset": vocab.visual_offset, "visual_bits": vocab.visual_bits},
+        {
+            **model,
+            "vocab_size": vocab.size,
+            "visual_offset": vocab.visual_offset,
+            "visual_bits": vocab.visual_bits,
+        },
         where=where,
     )
 
@@ -253,7 +258,9 @@ class PrefixLM(nn.Module):
         if start + T > (cache.max_len if cache is not None else self.cfg.max_seq_len):
             raise InputError(f"ids: {start + T} positions exceed the model's/cache's maximum length")
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.cfg.vocab_size):
-            raise InputError(f"ids: values must be in [0, {self.cfg.vocab_size}), got [{int(ids.min())}, {int(ids.max())}]")
+            raise InputError(
+                f"ids: values must be in [0, {self.cfg.vocab_size}), got [{int(ids.min())}, {int(ids.max())}]"
+            )
         x = self.embed(ids)
         if text_embeds is not None:
             if self.text_proj is None:
@@ -328,7 +335,9 @@ class PrefixLM(nn.Module):
         return nll
 
 
-def prefix_lm_loss(model: PrefixLM, h: torch.Tensor, ids: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+def prefix_lm_loss(
+    model: PrefixLM, h: torch.Tensor, ids: torch.Tensor, loss_mask: torch.Tensor
+) -> torch.Tensor:
     """Mean next-token NLL over the targets marked in loss_mask (outputs only).
 
     h (B, T, d) from model(ids, ...); loss_mask (B, T): position t is a target predicted from t-1.

@@ -30,7 +30,9 @@ def load_preset(name_or_path: str | Path) -> tuple[Vocabulary, LMConfig]:
     data = load_yaml(path)
     unknown = sorted(set(data) - {"vocab", "model"})
     if unknown or "vocab" not in data or "model" not in data:
-        raise ConfigError(f"{path}: an LM preset has exactly the sections 'vocab' and 'model' (got {sorted(data)})")
+        raise ConfigError(
+            f"{path}: an LM preset has exactly the sections 'vocab' and 'model' (got {sorted(data)})"
+        )
     vocab = from_dict(Vocabulary, data["vocab"], where=f"{path}:vocab")
     return vocab, lm_config(vocab, data["model"], where=f"{path}:model")
 
@@ -43,9 +45,13 @@ def build_lm(name_or_path: str | Path, device: str | torch.device = "cpu") -> tu
     return model, vocab
 
 
-def save_lm(directory: str | Path, model: PrefixLM, vocab: Vocabulary, *, dtype: torch.dtype | None = None) -> Path:
+def save_lm(
+    directory: str | Path, model: PrefixLM, vocab: Vocabulary, *, dtype: torch.dtype | None = None
+) -> Path:
     if vocab.size != model.cfg.vocab_size:
-        raise VideoPoetError(f"save_lm: vocabulary size {vocab.size} != model vocab_size {model.cfg.vocab_size}")
+        raise VideoPoetError(
+            f"save_lm: vocabulary size {vocab.size} != model vocab_size {model.cfg.vocab_size}"
+        )
     d = save_model_dir(directory, {"kind": KIND, **to_dict(model.cfg)}, model.state_dict(), dtype=dtype)
     vocab.save(d / VOCAB_NAME)
     return d
@@ -62,7 +68,9 @@ def load_lm(directory: str | Path, map_location: str | torch.device = "cpu") -> 
     vocab = Vocabulary.load(vpath)
     config = from_dict(LMConfig, cfg, where=f"{directory}/config.json")
     if config.vocab_size != vocab.size:
-        raise VideoPoetError(f"{directory}: config vocab_size {config.vocab_size} != vocab.json size {vocab.size}")
+        raise VideoPoetError(
+            f"{directory}: config vocab_size {config.vocab_size} != vocab.json size {vocab.size}"
+        )
     model = PrefixLM(config)
     load_state_strict(model, state, where=str(directory))
     return model.to(map_location).eval(), vocab

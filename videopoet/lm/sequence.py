@@ -77,7 +77,9 @@ class _Writer:
         self.hi: list[torch.Tensor] = []
         self.n = 0
 
-    def tokens(self, ids: torch.Tensor, mod: int | torch.Tensor, lo: int | torch.Tensor, hi: int | torch.Tensor):
+    def tokens(
+        self, ids: torch.Tensor, mod: int | torch.Tensor, lo: int | torch.Tensor, hi: int | torch.Tensor
+    ):
         ids = ids.reshape(-1).long()
         n = ids.numel()
         full = lambda v: v.reshape(-1).long() if torch.is_tensor(v) else torch.full((n,), int(v))  # noqa: E731
@@ -119,7 +121,9 @@ def _audio(w: _Writer, vocab: Vocabulary, codes: torch.Tensor, name: str) -> Non
     if vocab.audio_levels == 0:
         raise InputError(f"{name}: this vocabulary has no audio codes")
     if codes.dim() != 2 or codes.shape[0] != vocab.audio_levels:
-        raise InputError(f"{name}: expected audio codes (levels={vocab.audio_levels}, frames), got {tuple(codes.shape)}")
+        raise InputError(
+            f"{name}: expected audio codes (levels={vocab.audio_levels}, frames), got {tuple(codes.shape)}"
+        )
     codes = _check_codes(codes, vocab.audio_codes, name)
     level = torch.arange(vocab.audio_levels)[:, None].expand_as(codes)
     lo = vocab.audio_offset + level * vocab.audio_codes
@@ -136,7 +140,9 @@ def _placeholder(w: _Writer, vocab: Vocabulary, modality: str, shape: tuple[int,
         w.tokens(pad, Mod.VISUAL, lo, hi)
     else:
         if len(shape) != 2 or shape[0] != vocab.audio_levels:
-            raise InputError(f"{name}: expected an audio shape (levels={vocab.audio_levels}, frames), got {shape}")
+            raise InputError(
+                f"{name}: expected an audio shape (levels={vocab.audio_levels}, frames), got {shape}"
+            )
         level = torch.arange(vocab.audio_levels)[:, None].expand(shape).reshape(-1)
         lo = vocab.audio_offset + level * vocab.audio_codes
         w.tokens(pad, Mod.AUDIO, lo, lo + vocab.audio_codes)
@@ -152,7 +158,9 @@ def build_sequence(
 ) -> Sequence:
     """Lay out one example of `task` (see the module docstring for the input formats)."""
     spec = get_task(task) if isinstance(task, str) else task
-    known = {p.name for p in spec.prefix} | ({"text_mask"} if any(p.modality == "text" for p in spec.prefix) else set())
+    known = {p.name for p in spec.prefix} | (
+        {"text_mask"} if any(p.modality == "text" for p in spec.prefix) else set()
+    )
     unknown = sorted(set(inputs) - known)
     if unknown:
         raise InputError(f"task {spec.name}: unknown input(s) {unknown}; expected {sorted(known)}")
@@ -171,7 +179,9 @@ def build_sequence(
             w.special(vocab, "<bot_i>")
             if torch.is_tensor(x) and x.dtype.is_floating_point:
                 if x.dim() != 2:
-                    raise InputError(f"{part.name}: text embeddings must be (tokens, dim), got {tuple(x.shape)}")
+                    raise InputError(
+                        f"{part.name}: text embeddings must be (tokens, dim), got {tuple(x.shape)}"
+                    )
                 keep = inputs.get("text_mask")
                 emb = x if keep is None else x[keep.bool().reshape(-1)]
                 text_positions = torch.arange(w.n, w.n + emb.shape[0])
@@ -180,7 +190,9 @@ def build_sequence(
                 w.tokens(torch.full((emb.shape[0],), e), Mod.TEXT_EMB, e, e + 1)
             else:
                 if vocab.text_size == 0:
-                    raise InputError(f"{part.name}: text token ids given, but the vocabulary has no text tokens (embedding mode)")
+                    raise InputError(
+                        f"{part.name}: text token ids given, but the vocabulary has no text tokens (embedding mode)"
+                    )
                 ids = _check_codes(x, vocab.text_size, part.name).reshape(-1)
                 lo, hi = vocab.text_range()
                 w.tokens(ids + lo, Mod.TEXT, lo, hi)
@@ -246,7 +258,9 @@ def output_codes(vocab: Vocabulary, seq: Sequence, generated: torch.Tensor) -> d
     bad = (gen < lo) | (gen >= hi)
     if bool(bad.any()):
         b, i = (int(v) for v in bad.nonzero()[0])
-        raise InputError(f"generated[{b}, {i}]: id {int(gen[b, i])} is outside the legal range [{int(lo[i])}, {int(hi[i])})")
+        raise InputError(
+            f"generated[{b}, {i}]: id {int(gen[b, i])} is outside the legal range [{int(lo[i])}, {int(hi[i])})"
+        )
     out = {}
     for s in seq.outputs:
         x = gen[:, s.start - seq.prefix_len : s.start - seq.prefix_len + s.length]
@@ -258,7 +272,9 @@ def output_codes(vocab: Vocabulary, seq: Sequence, generated: torch.Tensor) -> d
     return out if generated.dim() == 2 else {k: v[0] for k, v in out.items()}
 
 
-def parse_sequence(vocab: Vocabulary, ids: torch.Tensor) -> tuple[str, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+def parse_sequence(
+    vocab: Vocabulary, ids: torch.Tensor
+) -> tuple[str, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """The inverse of `build_sequence`: ids (T,) -> (task, inputs, outputs), codes flattened
     (visual (n,) with -1 for `<mask>`, audio (L, F), text token ids (n,); embeddings come back as
     the number of `<text_emb>` positions, an int64 scalar tensor)."""
@@ -346,7 +362,9 @@ def collate(seqs: list[Sequence], pad_id: int, pad_to: int | None = None) -> Bat
     return Batch(ids, prefix, loss, mod, embeds, positions)
 
 
-def stack_text_embeds(seqs: list[Sequence], offsets: list[int]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+def stack_text_embeds(
+    seqs: list[Sequence], offsets: list[int]
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Text embeddings of several sequences as (B, N, D) + positions (B, N) (-1 = none), each
     row's positions shifted by its offset (left padding)."""
     with_emb = [s for s in seqs if s.text_embeds is not None]

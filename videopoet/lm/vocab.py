@@ -138,7 +138,10 @@ class Vocabulary:
 
     # ---- save / load / build ---------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in dataclasses.fields(self)}
+        return {
+            f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
+            for f in dataclasses.fields(self)
+        }
 
     def save(self, path: str | Path) -> None:
         save_json(self.to_dict(), path)
@@ -163,8 +166,16 @@ class Vocabulary:
             bits = int(math.log2(size))
         levels = codes = 0
         if audio_tok is not None:
-            levels = _first_attr(audio_tok, ("num_levels", "levels", "n_levels", "num_quantizers", "n_q", "rvq_levels")) or 0
-            codes = _first_attr(audio_tok, ("codebook_size", "codes_per_level", "num_codes", "codes", "bins")) or 0
+            levels = (
+                _first_attr(
+                    audio_tok, ("num_levels", "levels", "n_levels", "num_quantizers", "n_q", "rvq_levels")
+                )
+                or 0
+            )
+            codes = (
+                _first_attr(audio_tok, ("codebook_size", "codes_per_level", "num_codes", "codes", "bins"))
+                or 0
+            )
             total = _vocab_size(audio_tok)
             if total and levels and not codes:
                 codes = total // levels
@@ -177,7 +188,9 @@ class Vocabulary:
             text_size = _vocab_size(text_tok) or 0
             if text_size == 0 and hasattr(text_tok, "get_piece_size"):
                 text_size = int(text_tok.get_piece_size())
-        return cls(visual_bits=int(bits), audio_levels=int(levels), audio_codes=int(codes), text_size=int(text_size))
+        return cls(
+            visual_bits=int(bits), audio_levels=int(levels), audio_codes=int(codes), text_size=int(text_size)
+        )
 
 
 def _first_attr(obj: Any, names: tuple[str, ...]) -> int | None:

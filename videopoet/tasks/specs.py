@@ -64,17 +64,28 @@ _TABLE = (
     TaskSpec("t2v", (TEXT,), (VIDEO_OUT,), description="text -> video"),
     TaskSpec("t2i", (TEXT,), (VIDEO_OUT,), open_end=True, description="text -> image (first frame)"),
     TaskSpec("uncond", (), (VIDEO_OUT,), description="nothing -> video"),
-    TaskSpec("i2v", (TEXT, Part("first_frame", "visual")), (VIDEO_OUT,), description="first frame (+ text) -> video"),
     TaskSpec(
-        "frame_pred", (Part("context", "visual"),), (VIDEO_OUT,),
+        "i2v",
+        (TEXT, Part("first_frame", "visual")),
+        (VIDEO_OUT,),
+        description="first frame (+ text) -> video",
+    ),
+    TaskSpec(
+        "frame_pred",
+        (Part("context", "visual"),),
+        (VIDEO_OUT,),
         description="first k latent frames -> the following latent frames (also long-video chaining)",
     ),
     TaskSpec(
-        "inpaint", (TEXT, Part("masked", "visual")), (VIDEO_OUT,),
+        "inpaint",
+        (TEXT, Part("masked", "visual")),
+        (VIDEO_OUT,),
         description="video with masked tokens (code -1 -> <mask>) -> full video",
     ),
     TaskSpec(
-        "outpaint", (TEXT, Part("masked", "visual")), (VIDEO_OUT,),
+        "outpaint",
+        (TEXT, Part("masked", "visual")),
+        (VIDEO_OUT,),
         description="video with masked border tokens (code -1 -> <mask>) -> full video",
     ),
     TaskSpec(
@@ -90,7 +101,9 @@ _TABLE = (
     TaskSpec("v2a", (Part("video", "visual"),), (AUDIO_OUT,), description="video -> audio"),
     TaskSpec("a2v", (TEXT, Part("audio", "audio")), (VIDEO_OUT,), description="audio (+ text) -> video"),
     TaskSpec(
-        "avcont", (Part("first_frame", "visual"), Part("audio", "audio")), (VIDEO_OUT, AUDIO_OUT),
+        "avcont",
+        (Part("first_frame", "visual"), Part("audio", "audio")),
+        (VIDEO_OUT, AUDIO_OUT),
         description="first frame + its audio -> the rest of the video and its audio",
     ),
 )
@@ -98,9 +111,7 @@ _TABLE = (
 TASKS: dict[str, TaskSpec] = {t.name: t for t in _TABLE}
 
 # <source:NAME> tokens used by any task (the vocabulary reserves one id for each).
-SOURCES: tuple[str, ...] = tuple(
-    sorted({p.source for t in _TABLE for p in t.prefix if p.source is not None})
-)
+SOURCES: tuple[str, ...] = tuple(sorted({p.source for t in _TABLE for p in t.prefix if p.source is not None}))
 
 
 def get_task(name: str) -> TaskSpec:
