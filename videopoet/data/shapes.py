@@ -534,13 +534,13 @@ class ShapesDataset(_TorchDataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         import torch
 
+        from videopoet.data.media import audio_to_tensor, video_to_tensor
+
         index = int(index)
         c = self.clip(index)
-        # TODO(media): use videopoet.data.media.video_to_tensor / audio_to_tensor once it lands.
-        video = torch.from_numpy(c.video).permute(3, 0, 1, 2).float() / 127.5 - 1.0  # (3, T, H, W)
         item: dict[str, Any] = {
-            "video": video,
-            "audio": torch.from_numpy(c.audio),  # (1, S)
+            "video": video_to_tensor(c.video),  # (3, T, H, W) in [-1, 1]
+            "audio": audio_to_tensor(c.audio),  # (1, S)
             "caption": c.caption,
             "path": f"shapes/{self.seed}/{index % self.num:06d}",
         }
