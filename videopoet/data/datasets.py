@@ -234,7 +234,11 @@ class ClipDataset(Dataset):
             if still and not self.include_images:
                 continue
             base = dict(
-                path=path, caption=rec.get("caption") or "", start=rec.get("start"), end=rec.get("end")
+                path=path,
+                caption=rec.get("caption") or "",
+                start=rec.get("start"),
+                end=rec.get("end"),
+                meta=rec.get("meta") or {},
             )
             n = 1 if still else self.clips_per_video
             self.entries.extend(ClipEntry(**base, is_image=still, window=k) for k in range(n))
