@@ -115,6 +115,14 @@ def test_read_video_fps_and_window(av_file):
     assert w.audio.shape == (1, SR // 2) and close_audio(w.audio, audio[:, SR // 2 : SR])
 
 
+def test_seek_into_a_longer_video(tmp_path):
+    path = M.write_video(tmp_path / "long.mp4", grey_ramp(45, 16, 16), 10, audio=sine(4.5), sample_rate=SR)
+    v = M.read_video(path, start=3.0, end=3.5, with_audio=True)  # past 2 s: seeks instead of decoding all
+    assert frame_index(v.frames).tolist() == [30, 31, 32, 33, 34]
+    assert v.audio.shape == (1, SR // 2) and close_audio(v.audio, sine(4.5)[:, 3 * SR : 3 * SR + SR // 2])
+    assert frame_index(M.read_video(path, fps=5, start=2.5, max_frames=3).frames).tolist() == [25, 27, 29]
+
+
 def test_audio_resampling(av_file):
     path, _, _ = av_file
     a, sr = M.read_audio(path, sample_rate=8000, start=0.5, end=1.5)

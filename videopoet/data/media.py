@@ -8,9 +8,9 @@ Design choices
   cropping and resizing happen per frame, so a 720p file read at 8 fps and 64x64 never holds the
   full-resolution video in memory. Only frames that are kept are converted to RGB.
 - Frame-rate conversion picks, for each output time t_k = start + k / fps, the decoded frame whose
-  timestamp is nearest (ties go to the earlier frame, so 2x upsampling repeats each frame twice). Output covers [start, end) where end defaults
-  to the end of the stream (last timestamp + one frame), so N frames at f fps become
-  ceil(N * fps / f) frames.
+  timestamp is nearest (ties go to the earlier frame, so 2x upsampling repeats each frame twice).
+  Output covers [start, end) where end defaults to the end of the stream (last timestamp + one
+  frame), so N frames at f fps become ceil(N * fps / f) frames.
 - Audio is decoded to float32 planar at its native rate (FFmpeg does the channel down-mix when
   `mono=True`), cut to the same window as the frames, then resampled with a polyphase filter
   (`scipy.signal.resample_poly`), which gives an exact output length. With video, the audio window
@@ -318,17 +318,14 @@ def read_image(path: str | Path) -> np.ndarray:
 
 
 def _read_pillow_video(
-    path: Path, sel: _FrameSelector | None, transform: _FrameTransform, fps: float | None, start: float
+    path: Path, sel: _FrameSelector, transform: _FrameTransform, fps: float | None
 ) -> tuple[np.ndarray, float]:
     """Decode a still or animated image through Pillow -> (frames (T,h,w,3), fps)."""
     im, n = _pillow_frames(path)
-    w, h = im.size
     try:
         if n <= 1:  # a still image is a 1-frame video, whatever fps was asked
             im.load()
             return transform(_pil_to_rgb(im))[None].copy(), float(fps or DEFAULT_FPS)
-        if sel is None:
-            sel = _FrameSelector(None, start, math.inf, n)
         # One pass: seek + load gives each frame's duration (WebP sets it only on load); a 0 or missing
         # duration plays at 10 fps, as browsers do. Frames are converted as they come (animations are
         # small) and only chosen ones are kept.
@@ -612,7 +609,7 @@ def read_video(
     if _is_pillow_file(path):
         if with_audio:
             raise MediaError(path, "has no audio track (an image or animation; audio was asked for)")
-        frames, out_fps = _read_pillow_video(path, sel, transform, fps, start)
+        frames, out_fps = _read_pillow_video(path, sel, transform, fps)
         return VideoData(frames=frames, fps=out_fps)
 
     frame_list, native_fps, audio, a_rate, _ = _decode_av(
