@@ -404,13 +404,14 @@ def _decode_av(
             vstream.thread_type = "AUTO"
             native_fps = _stream_fps(vstream)
         streams = [s for s, w in ((vstream, want_video), (astream, want_audio)) if w and s is not None]
-        # Time origin: the first stream's start time, so audio and video share one clock.
+        # Time origin: the first stream's start time (else the first decoded frame's time), so audio
+        # and video share one clock and `start` counts from the beginning of the file.
         ref = streams[0]
-        origin = float(ref.start_time * ref.time_base) if ref.start_time is not None else 0.0
+        origin = float(ref.start_time * ref.time_base) if ref.start_time is not None else None
 
         if start > 2.0:  # seek near the window; frames before it are decoded and dropped below
             try:
-                container.seek(int((start + origin - 1.0) / ref.time_base), stream=ref, backward=True)
+                container.seek(int((start + (origin or 0.0) - 1.0) / ref.time_base), stream=ref, backward=True)
             except av.FFmpegError:
                 container.seek(0, stream=ref)
 
@@ -443,6 +444,8 @@ def _decode_av(
             if is_video and video_done:
                 continue
             for frame in packet.decode():
+                if origin is None:
+                    origin = frame.time if frame.time is not None else 0.0
                 if is_video:
                     vframes_seen += 1
                     ts = (frame.time - origin) if frame.time is not None else (vframes_seen - 1) * frame_dur
