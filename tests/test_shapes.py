@@ -75,6 +75,18 @@ def test_same_seed_and_index_give_identical_clips_independent_of_order():
     assert not np.array_equal(a.video, d.video)
 
 
+def test_fps_only_samples_the_scene():
+    """The same (seed, index) at 8 and 16 fps is one motion: every other 16-fps frame is the 8-fps frame."""
+    slow = make_clip(ShapesConfig(frames=17, fps=8.0, pan_prob=0.5), seed=6, index=2)
+    fast = make_clip(ShapesConfig(frames=33, fps=16.0, pan_prob=0.5), seed=6, index=2)
+    np.testing.assert_allclose(fast.positions[::2], slow.positions, atol=1e-4)
+    np.testing.assert_array_equal(fast.video[::2], slow.video)
+    bg = slow.ids[:, None].repeat(2, 1) == -1  # objects' flow is net of bounces, so compare the background
+    np.testing.assert_allclose(fast.flow[::2][bg], slow.flow[bg] / 2, atol=1e-5)  # per-frame flow halves
+    assert fast.bounce_times == slow.bounce_times and fast.caption == slow.caption
+    assert slow.attributes["camera_pan"] == "left" and slow.flow[0, 0, 0, 0] > 0  # the scene slides right
+
+
 def test_bad_settings_raise_input_error_naming_the_field():
     with pytest.raises(InputError, match="size"):
         ShapesConfig(size=16)
@@ -86,6 +98,8 @@ def test_bad_settings_raise_input_error_naming_the_field():
         ShapesConfig(min_objects=3, max_objects=2)
     with pytest.raises(InputError, match="num"):
         ShapesDataset(0)
+    with pytest.raises(InputError, match="seed"):
+        make_clip(ShapesConfig(), seed=-1)
     with pytest.raises(InputError, match="fps"):
         ShapesDataset(2, fps=0)
 
@@ -161,7 +175,7 @@ def _hand_spec(cfg: ShapesConfig, objects: tuple[ObjectSpec, ...]) -> ClipSpec:
 
 def test_positions_bounce_inside_the_frame_at_the_recorded_times():
     cfg = ShapesConfig(size=64, frames=33, min_objects=1, max_objects=1)
-    obj = ObjectSpec("circle", "red", "medium", "right", "quickly", 0.5, (40.0, 20.0), (3.0, 0.0))
+    obj = ObjectSpec("circle", "red", "medium", "right", "quickly", 0.5, (40.0, 20.0), (24.0, 0.0))
     clip = render(_hand_spec(cfg, objects=(obj,)))
     r = shapes.SIZE_RADIUS["medium"] * 64  # 7.68
     hi = 63.5 - r

@@ -9,9 +9,11 @@ grey bar in front of the scene occludes part of it. Design choices:
 
 - **Deterministic.** Clip `index` of generator `seed` is drawn from `np.random.default_rng([seed,
   index])`, so a clip does not depend on which other clips were made, or in what order.
-- **Exact motion.** Positions are a closed form (constant velocity folded into the allowed interval),
-  so bounce times are exact, and frames, flow and audio are all evaluated from the same formula.
-  Frame k shows time k / fps. Only bounces in (0, (T-1)/fps] are events (visible in the frames).
+- **Exact motion in seconds.** Positions are a closed form (constant velocity folded into the
+  allowed interval), so bounce times are exact, and frames, flow and audio all come from the same
+  formula. Speeds are in frame-sizes per second and frame k shows time k / fps, so `fps` only
+  samples the scene: the same (seed, index) at 8 and 16 fps is the same motion. Only bounces in
+  (0, (T-1)/fps] are events (visible in the frames); the tone plays on while an object is hidden.
 - **Image-space physics.** Objects move and bounce in image coordinates; a camera pan only moves the
   background (an analytic, periodic texture, so any sub-pixel offset is exact). The occluding bar is
   fixed to the camera: its flow is zero.
@@ -48,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from torch.utils.data import Dataset
 
 from videopoet.errors import InputError
 
@@ -69,8 +72,8 @@ COLOUR_RGB = {
 }
 BAR_RGB = (0.82, 0.82, 0.82)
 SIZE_RADIUS = {"small": 0.08, "medium": 0.12, "large": 0.16}  # equal-area radius, fraction of size
-SPEED_PX = {"slowly": 0.025, "quickly": 0.055}  # pixels per frame, fraction of size
-PAN_PX = 0.015  # camera pan, pixels per frame, fraction of size
+SPEED = {"slowly": 0.2, "quickly": 0.44}  # frame sizes per second (1.6 / 3.5 px a frame at 64 px, 8 fps)
+PAN_SPEED = 0.12  # camera pan, frame sizes per second
 DIRECTION_VEC = {  # unit vectors in image coordinates (y down)
     "left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0),
     "up-left": (-math.sqrt(0.5), -math.sqrt(0.5)), "up-right": (math.sqrt(0.5), -math.sqrt(0.5)),
@@ -169,7 +172,7 @@ class ObjectSpec:
     speed: str
     depth: float  # distance: nearer (smaller) objects are drawn on top
     start: tuple[float, float]  # (x, y) centre at frame 0, pixels
-    velocity: tuple[float, float]  # (vx, vy) pixels per frame before any bounce
+    velocity: tuple[float, float]  # (vx, vy) pixels per second before any bounce
 
     def attributes(self) -> dict[str, str]:
         return {k: getattr(self, k) for k in ("shape", "colour", "size", "direction", "speed")}
@@ -206,7 +209,9 @@ def sample_spec(config: ShapesConfig, seed: int, index: int) -> ClipSpec:
     """Draw clip `index` of generator `seed` (independent of every other index)."""
     if index < 0:
         raise InputError(f"index must be >= 0, got {index}")
-    rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, int(index)])
+    if seed < 0:
+        raise InputError(f"seed must be >= 0, got {seed}")
+    rng = np.random.default_rng([int(seed), int(index)])
     cfg = config
     n = int(rng.integers(cfg.min_objects, cfg.max_objects + 1))
     depths = np.sort(rng.uniform(0.35, 0.85, size=n))[::-1]  # far to near: object i+1 is in front of i
@@ -219,7 +224,7 @@ def sample_spec(config: ShapesConfig, seed: int, index: int) -> ClipSpec:
         speed = SPEEDS[rng.integers(len(SPEEDS))]
         x_lo, x_hi, y_lo, y_hi = _bounds(cfg, shape, size)
         start = (float(rng.uniform(x_lo, x_hi)), float(rng.uniform(y_lo, y_hi)))
-        v = SPEED_PX[speed] * cfg.size
+        v = SPEED[speed] * cfg.size
         ux, uy = DIRECTION_VEC[direction]
         objects.append(ObjectSpec(shape, colour, size, direction, speed, float(round(depths[i], 4)),
                                   start, (v * ux, v * uy)))
@@ -240,15 +245,15 @@ def sample_spec(config: ShapesConfig, seed: int, index: int) -> ClipSpec:
 
 
 # --------------------------------------------------------------------------------------- motion
-def _fold(start: float, v: float, lo: float, hi: float, tau: np.ndarray) -> np.ndarray:
-    """Position at times `tau` (frames) of a point moving at v px/frame, reflected inside [lo, hi]."""
+def _fold(start: float, v: float, lo: float, hi: float, t: np.ndarray) -> np.ndarray:
+    """Position at times `t` (s) of a point moving at v px/s, reflected inside [lo, hi]."""
     length = hi - lo
-    u = np.mod(start - lo + v * tau, 2 * length)
+    u = np.mod(start - lo + v * t, 2 * length)
     return lo + np.where(u <= length, u, 2 * length - u)
 
 
-def _hits(start: float, v: float, lo: float, hi: float, tau_max: float) -> list[float]:
-    """Times (frames) in (0, tau_max] at which the folded motion reaches lo or hi."""
+def _hits(start: float, v: float, lo: float, hi: float, t_max: float) -> list[float]:
+    """Times (s) in (0, t_max] at which the folded motion reaches lo or hi."""
     if v == 0:
         return []
     length = hi - lo
@@ -257,27 +262,28 @@ def _hits(start: float, v: float, lo: float, hi: float, tau_max: float) -> list[
     j = math.floor(u0 / length) + 1 if v > 0 else math.ceil(u0 / length) - 1
     step = 1 if v > 0 else -1
     while True:
-        tau = (j * length - u0) / v
-        if tau > tau_max + 1e-9:
+        t = (j * length - u0) / v
+        if t > t_max + 1e-9:
             return out
-        if tau > 1e-9:
-            out.append(tau)
+        if t > 1e-9:
+            out.append(t)
         j += step
 
 
 def object_motion(spec: ClipSpec, num_frames: int) -> tuple[np.ndarray, list[list[float]]]:
     """Centres (num_frames, N, 2) at frames 0..num_frames-1 and bounce times (s) in (0, (T-1)/fps]."""
     cfg = spec.config
-    tau = np.arange(num_frames, dtype=np.float64)
+    t = np.arange(num_frames, dtype=np.float64) / cfg.fps  # frame k shows time k / fps
     pos = np.zeros((num_frames, len(spec.objects), 2), np.float64)
     bounces = []
     for i, o in enumerate(spec.objects):
         x_lo, x_hi, y_lo, y_hi = _bounds(cfg, o.shape, o.size)
-        pos[:, i, 0] = _fold(o.start[0], o.velocity[0], x_lo, x_hi, tau)
-        pos[:, i, 1] = _fold(o.start[1], o.velocity[1], y_lo, y_hi, tau)
-        hits = _hits(o.start[0], o.velocity[0], x_lo, x_hi, cfg.frames - 1)
-        hits += _hits(o.start[1], o.velocity[1], y_lo, y_hi, cfg.frames - 1)
-        bounces.append(sorted(float(h / cfg.fps) for h in hits))
+        pos[:, i, 0] = _fold(o.start[0], o.velocity[0], x_lo, x_hi, t)
+        pos[:, i, 1] = _fold(o.start[1], o.velocity[1], y_lo, y_hi, t)
+        t_last = (cfg.frames - 1) / cfg.fps
+        hits = _hits(o.start[0], o.velocity[0], x_lo, x_hi, t_last)
+        hits += _hits(o.start[1], o.velocity[1], y_lo, y_hi, t_last)
+        bounces.append(sorted(float(h) for h in hits))
     return pos, bounces
 
 
@@ -340,7 +346,8 @@ def render(spec: ClipSpec) -> ShapesClip:
     t_len, s = cfg.frames, cfg.size
     pos_ext, bounces = object_motion(spec, t_len + 1)  # one extra frame for the last flow entry
     pos = pos_ext[:t_len]
-    pan = np.asarray(PAN_VEC[spec.pan], np.float64) * PAN_PX * s if spec.pan else np.zeros(2)
+    # camera velocity in pixels per frame
+    pan = np.asarray(PAN_VEC[spec.pan], np.float64) * PAN_SPEED * s / cfg.fps if spec.pan else np.zeros(2)
     offsets = np.arange(t_len)[:, None] * pan[None, :]  # (T, 2) camera position in the world
     img = _background(spec, offsets)  # (T, H, W, 3)
     depth = np.full((t_len, s, s), BACKGROUND_DEPTH, np.float32)
@@ -472,10 +479,10 @@ def make_clip(config: ShapesConfig | None = None, seed: int = 0, index: int = 0)
     return render(sample_spec(config or ShapesConfig(), seed, index))
 
 
-def labels(spec_or_attributes: dict[str, Any], max_objects: int) -> np.ndarray:
+def labels(attributes: dict[str, Any], max_objects: int) -> np.ndarray:
     """(max_objects, 5) int64 class indices (shape, colour, size, direction, speed); -1 rows pad."""
     out = np.full((max_objects, 5), -1, np.int64)
-    for i, o in enumerate(spec_or_attributes["objects"][:max_objects]):
+    for i, o in enumerate(attributes["objects"][:max_objects]):
         out[i] = (SHAPES.index(o["shape"]), COLOURS.index(o["colour"]), SIZES.index(o["size"]),
                   DIRECTIONS.index(o["direction"]), SPEEDS.index(o["speed"]))
     return out
@@ -488,13 +495,7 @@ def _config_from(config: ShapesConfig | None, options: dict[str, Any]) -> Shapes
 
 
 # --------------------------------------------------------------------------------------- dataset
-try:
-    from torch.utils.data import Dataset as _TorchDataset
-except ImportError:  # pragma: no cover - torch is a dependency; keeps the generator importable alone
-    _TorchDataset = object  # type: ignore[assignment,misc]
-
-
-class ShapesDataset(_TorchDataset):
+class ShapesDataset(Dataset):
     """In-memory shapes clips (rendered on access, deterministic in (seed, index)).
 
     Items use the clip-dataset format -- "video" (3, T, H, W) float in [-1, 1], "audio" (1, S) float in
