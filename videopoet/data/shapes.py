@@ -340,19 +340,18 @@ def _background(spec: ClipSpec, offsets: np.ndarray) -> np.ndarray:
     return (lum[..., None] * np.asarray(spec.tint_rgb)).astype(np.float32)
 
 
-def render(spec: ClipSpec) -> ShapesClip:
-    """Render frames, audio and ground truth for `spec`."""
-    cfg = spec.config
-    t_len, s = cfg.frames, cfg.size
-    pos_ext, bounces = object_motion(spec, t_len + 1)  # one extra frame for the last flow entry
-    pos = pos_ext[:t_len]
-    # camera velocity in pixels per frame
-    pan = np.asarray(PAN_VEC[spec.pan], np.float64) * PAN_SPEED * s / cfg.fps if spec.pan else np.zeros(2)
-    offsets = np.arange(t_len)[:, None] * pan[None, :]  # (T, 2) camera position in the world
-    img = _background(spec, offsets)  # (T, H, W, 3)
-    depth = np.full((t_len, s, s), BACKGROUND_DEPTH, np.float32)
-    ids = np.full((t_len, s, s), -1, np.int8)
-    flow = np.empty((t_len, 2, s, s), np.float32)
+def _render_frames(spec: ClipSpec, pos: np.ndarray, pan: np.ndarray, frames: range
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Frames `frames` (a range of F indices): video uint8 (F, H, W, 3), depth (F, H, W), ids (F, H, W),
+    flow (F, 2, H, W). `pos` (T + 1, N, 2) are centres at every frame and the one after the clip;
+    `pan` (2,) is the camera velocity in pixels per frame."""
+    cfg, s = spec.config, spec.config.size
+    idx = np.arange(frames.start, frames.stop)
+    f_len = len(idx)
+    img = _background(spec, idx[:, None] * pan[None, :])  # (F, H, W, 3); camera at k * pan
+    depth = np.full((f_len, s, s), BACKGROUND_DEPTH, np.float32)
+    ids = np.full((f_len, s, s), -1, np.int8)
+    flow = np.empty((f_len, 2, s, s), np.float32)
     flow[:, 0] = -pan[0]  # the background moves against the camera
     flow[:, 1] = -pan[1]
     grid = np.arange(s, dtype=np.float32)
@@ -362,36 +361,51 @@ def render(spec: ClipSpec) -> ShapesClip:
     for i in order:
         o = spec.objects[i]
         r = _radius(cfg, o.size)
-        dx = grid[None, None, :] - pos[:, i, 0, None, None].astype(np.float32)  # (T, 1, W)
-        dy = grid[None, :, None] - pos[:, i, 1, None, None].astype(np.float32)  # (T, H, 1)
-        dx, dy = np.broadcast_arrays(dx, dy)  # (T, H, W)
-        cov = np.clip(0.5 - _signed_distance(o.shape, dx, dy, r), 0.0, 1.0)  # (T, H, W)
+        p = pos[idx, i].astype(np.float32)  # (F, 2)
+        dx = grid[None, None, :] - p[:, 0, None, None]  # (F, 1, W)
+        dy = grid[None, :, None] - p[:, 1, None, None]  # (F, H, 1)
+        dx, dy = np.broadcast_arrays(dx, dy)  # (F, H, W)
+        cov = np.clip(0.5 - _signed_distance(o.shape, dx, dy, r), 0.0, 1.0)  # (F, H, W)
         # lit from the top-left: brightness falls off with distance from a highlight point, so every
         # translation changes the pixels (flow is checkable inside the object)
         shade = 1.0 - 0.35 * np.clip(np.hypot(dx + 0.4 * r, dy + 0.4 * r) / (1.8 * r), 0.0, 1.0)
-        colour = shade[..., None] * np.asarray(COLOUR_RGB[o.colour], np.float32)  # (T, H, W, 3)
+        colour = shade[..., None] * np.asarray(COLOUR_RGB[o.colour], np.float32)  # (F, H, W, 3)
         img += cov[..., None] * (colour - img)
         inside = cov >= 0.5
         ids[inside] = i
         depth[inside] = o.depth
-        disp = (pos_ext[1:, i] - pos_ext[:-1, i]).astype(np.float32)  # (T, 2)
+        disp = (pos[idx + 1, i] - pos[idx, i]).astype(np.float32)  # (F, 2) motion to the next frame
         flow[:, 0][inside] = np.broadcast_to(disp[:, 0, None, None], inside.shape)[inside]
         flow[:, 1][inside] = np.broadcast_to(disp[:, 1, None, None], inside.shape)[inside]
 
-    if spec.bar is not None:
+    if spec.bar is not None:  # fixed to the camera: same place in every frame, zero flow
         orientation, centre, width = spec.bar
-        d = np.abs(grid - centre) - width / 2  # (W,) or (H,)
-        cov1 = np.clip(0.5 - d, 0.0, 1.0)
+        cov1 = np.clip(0.5 - (np.abs(grid - centre) - width / 2), 0.0, 1.0)  # (W,) or (H,)
         cov = np.broadcast_to(cov1[None, None, :] if orientation == "vertical" else cov1[None, :, None],
-                              (t_len, s, s))
+                              (f_len, s, s))
         img += cov[..., None] * (np.asarray(BAR_RGB, np.float32) - img)
         inside = cov >= 0.5
         ids[inside] = -2
         depth[inside] = BAR_DEPTH
         flow[:, 0][inside] = 0.0
         flow[:, 1][inside] = 0.0
+    return np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8), depth, ids, flow
 
-    video = np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
+
+def render(spec: ClipSpec, *, chunk: int = 64) -> ShapesClip:
+    """Render frames, audio and ground truth for `spec`, `chunk` frames at a time (bounded memory)."""
+    cfg = spec.config
+    t_len, s = cfg.frames, cfg.size
+    pos_ext, bounces = object_motion(spec, t_len + 1)  # one extra frame for the last flow entry
+    pan = np.asarray(PAN_VEC[spec.pan], np.float64) * PAN_SPEED * s / cfg.fps if spec.pan else np.zeros(2)
+    video = np.empty((t_len, s, s, 3), np.uint8)
+    depth = np.empty((t_len, s, s), np.float32)
+    ids = np.empty((t_len, s, s), np.int8)
+    flow = np.empty((t_len, 2, s, s), np.float32)
+    for a in range(0, t_len, chunk):
+        b = min(t_len, a + chunk)
+        video[a:b], depth[a:b], ids[a:b], flow[a:b] = _render_frames(spec, pos_ext, pan, range(a, b))
+    pos = pos_ext[:t_len]
     audio = _audio(spec, bounces)
     attributes = {
         "objects": [
