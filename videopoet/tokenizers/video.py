@@ -305,9 +305,9 @@ class VideoTokenizer(Tokenizer):
         if T < 1:
             raise InputError("video: has no frames")
         self._check_spatial(H, W)
-        if not torch.isfinite(video).all():
+        if not torch.isfinite(video.detach()).all():
             raise InputError("video: contains NaN or infinite values")
-        lo, hi = float(video.min()), float(video.max())
+        lo, hi = float(video.detach().min()), float(video.detach().max())
         if lo < -1.0 - 1e-3 or hi > 1.0 + 1e-3:
             raise InputError(f"video: values must be in [-1, 1], got [{lo:.3g}, {hi:.3g}] (scale uint8 as x/127.5 - 1)")
         pad = self.padded_frames(T) - T
