@@ -37,6 +37,11 @@ spans [-0.5, W-0.5]). Ground truth per clip (`ShapesClip`):
                                  frame that would follow the clip, so flow is aligned with frames;
   ids       (T, H, W) int8   -- front-most layer: -1 background, i for object i, -2 the bar;
   bounce_times per object, seconds.
+depth, ids and flow are hard-edged: a pixel belongs to a layer where that layer's coverage >= 0.5.
+
+Entry points: `make_clip(config, seed, index)` (= `render(sample_spec(...))`), `ShapesDataset` (torch,
+in memory, clip-dataset items + ground truth), `write_shapes(out_dir, num, ...)` (mp4 + npz +
+manifest.jsonl; the `videopoet data shapes` command), `parse_caption`, `tone_frequency`.
 """
 
 from __future__ import annotations
