@@ -337,12 +337,15 @@ def _background(spec: ClipSpec, offsets: np.ndarray) -> np.ndarray:
     """Background frames (T, H, W, 3) float32: the world texture seen with camera offsets (T, 2)."""
     s = spec.config.size
     grid = np.arange(s, dtype=np.float64)
-    lum = np.ones((len(offsets), s, s), np.float64)  # (T, H, W) relative luminance
+    lum = np.ones((len(offsets), s, s), np.float32)  # (T, H, W) relative luminance
     for kx, ky, phase, amp in spec.gratings:
-        px = 2 * math.pi * kx * (grid[None, None, :] + offsets[:, 0, None, None])  # (T, 1, W)
+        px = 2 * math.pi * kx * (grid[None, None, :] + offsets[:, 0, None, None]) + phase  # (T, 1, W)
         py = 2 * math.pi * ky * (grid[None, :, None] + offsets[:, 1, None, None])  # (T, H, 1)
-        lum += amp * np.cos(px + py + phase)
-    return (lum[..., None] * np.asarray(spec.tint_rgb)).astype(np.float32)
+        # cos(px + py) = cos px cos py - sin px sin py: transcendentals on rows and columns only
+        cx, sx = (amp * np.cos(px)).astype(np.float32), (amp * np.sin(px)).astype(np.float32)
+        cy, sy = np.cos(py).astype(np.float32), np.sin(py).astype(np.float32)
+        lum += cx * cy - sx * sy
+    return lum[..., None] * np.asarray(spec.tint_rgb, np.float32)
 
 
 def _render_frames(spec: ClipSpec, pos: np.ndarray, pan: np.ndarray, frames: range
@@ -371,11 +374,14 @@ def _render_frames(spec: ClipSpec, pos: np.ndarray, pan: np.ndarray, frames: ran
         dy = grid[None, :, None] - p[:, 1, None, None]  # (F, H, 1)
         dx, dy = np.broadcast_arrays(dx, dy)  # (F, H, W)
         cov = np.clip(0.5 - _signed_distance(o.shape, dx, dy, r), 0.0, 1.0)  # (F, H, W)
+        touched = cov > 0  # shade and blend only the pixels the object covers (a few % of the frame)
+        c, ox, oy = cov[touched], dx[touched], dy[touched]  # (P,)
         # lit from the top-left: brightness falls off with distance from a highlight point, so every
         # translation changes the pixels (flow is checkable inside the object)
-        shade = 1.0 - 0.35 * np.clip(np.hypot(dx + 0.4 * r, dy + 0.4 * r) / (1.8 * r), 0.0, 1.0)
-        colour = shade[..., None] * np.asarray(COLOUR_RGB[o.colour], np.float32)  # (F, H, W, 3)
-        img += cov[..., None] * (colour - img)
+        shade = 1.0 - 0.35 * np.clip(np.hypot(ox + 0.4 * r, oy + 0.4 * r) / (1.8 * r), 0.0, 1.0)  # (P,)
+        colour = shade[:, None] * np.asarray(COLOUR_RGB[o.colour], np.float32)  # (P, 3)
+        under = img[touched]  # (P, 3)
+        img[touched] = under + c[:, None] * (colour - under)
         inside = cov >= 0.5
         ids[inside] = i
         depth[inside] = o.depth
