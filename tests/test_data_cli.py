@@ -12,7 +12,15 @@ from PIL import Image
 from videopoet import cli
 from videopoet.data.datasets import ClipDataset
 from videopoet.data.media import read_video
-from videopoet.data.shapes import ShapesConfig, ShapesDataset, make_clip, tone_frequency
+from videopoet.data.shapes import (
+    ShapesConfig,
+    ShapesDataset,
+    click_times,
+    dominant_frequency,
+    make_clip,
+    nearest_tone,
+    tone_frequency,
+)
 
 ARGS = ["--num", "3", "--size", "32", "--frames", "9", "--seed", "4", "--max-objects", "1", "--no-progress"]
 
@@ -41,12 +49,15 @@ def test_data_shapes_writes_clips_ground_truth_and_manifest(written, capsys):
         data = read_video(written / rec["path"], with_audio=True, sample_rate=16000)
         assert data.frames.shape == (9, 32, 32, 3) and data.fps == pytest.approx(8.0)
         assert _psnr(data.frames, clip.video) > 28  # H.264 at this size is close but lossy
-        # the tone survives AAC: the dominant frequency is still the (shape, colour) pitch
-        a = data.audio[0, : clip.audio.shape[1]].astype(np.float64)
-        spec = np.abs(np.fft.rfft(a * np.hanning(len(a))))
-        peak = np.fft.rfftfreq(len(a), 1 / 16000)[spec.argmax()]
+        # the sound survives AAC: the dominant frequency is still the (shape, colour) pitch and the
+        # clicks are still at the bounce times
+        audio = data.audio[:, : clip.audio.shape[1]]
+        peak = dominant_frequency(audio, 16000)
         obj = clip.attributes["objects"][0]
         assert abs(peak - tone_frequency(obj["shape"], obj["colour"])) < 2.0
+        assert nearest_tone(peak) == (obj["shape"], obj["colour"])
+        if np.all(np.diff(clip.all_bounce_times) > 0.02):
+            np.testing.assert_allclose(click_times(audio, 16000), clip.all_bounce_times, atol=0.004)
         gt = np.load(written / rec["ground_truth"])
         np.testing.assert_array_equal(gt["positions"], clip.positions)
         np.testing.assert_array_equal(gt["ids"], clip.ids)

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy import ndimage, signal
+from scipy import ndimage
 
 from videopoet.data import shapes
 from videopoet.data.shapes import (
@@ -40,14 +40,6 @@ def _object_weight(frame: np.ndarray) -> np.ndarray:
     s = _saturation(frame)
     s_obj = np.median(s[s > 0.5])
     return np.clip((s - 0.15) / (s_obj - 0.15), 0.0, 1.0)
-
-
-def _click_onsets(audio: np.ndarray, sr: int) -> np.ndarray:
-    """Onset times (s) of the bounce clicks: high-pass above every tone, then envelope peaks."""
-    sos = signal.butter(6, 2600, "highpass", fs=sr, output="sos")
-    env = np.abs(signal.sosfiltfilt(sos, audio.astype(np.float64)))
-    peaks, _ = signal.find_peaks(env, height=0.1, distance=int(0.02 * sr))
-    return peaks / sr
 
 
 def _merge(times: list[float], gap: float) -> list[float]:
@@ -113,14 +105,21 @@ def test_tone_mapping_is_injective_and_in_band():
     assert max(freqs) < shapes.CLICK_HZ / 1.5
 
 
+def test_nearest_tone_inverts_the_mapping_within_half_a_step():
+    for s in SHAPES:
+        for c in COLOURS:
+            for detune in (0.97, 1.0, 1.03):  # +-3%, a third of the 9% step
+                assert shapes.nearest_tone(tone_frequency(s, c) * detune) == (s, c)
+
+
 @pytest.mark.parametrize("index", range(6))
 def test_dominant_audio_frequency_is_the_shape_colour_tone(index):
     clip = make_clip(SINGLE, seed=11, index=index)
     obj = clip.attributes["objects"][0]
     a = clip.audio[0].astype(np.float64)
-    spec = np.abs(np.fft.rfft(a * np.hanning(len(a))))
-    freqs = np.fft.rfftfreq(len(a), 1 / clip.sample_rate)
-    assert abs(freqs[spec.argmax()] - tone_frequency(obj["shape"], obj["colour"])) < 1.0
+    peak = shapes.dominant_frequency(clip.audio, clip.sample_rate)
+    assert abs(peak - tone_frequency(obj["shape"], obj["colour"])) < 1.0
+    assert shapes.nearest_tone(peak) == (obj["shape"], obj["colour"])  # audio -> attributes
     assert obj["tone_hz"] == pytest.approx(tone_frequency(obj["shape"], obj["colour"]), abs=1e-3)
     # loudness encodes the size: the tone's amplitude (fades aside) is the size's amplitude
     mid = a[len(a) // 4: 3 * len(a) // 4]
@@ -134,7 +133,7 @@ def test_click_times_in_the_audio_match_the_bounce_times():
         truth = _merge(clip.all_bounce_times, 0.02)
         if len(truth) != len(clip.all_bounce_times):
             continue  # two bounces closer than 20 ms sound as one click
-        onsets = _click_onsets(clip.audio[0], clip.sample_rate)
+        onsets = shapes.click_times(clip.audio, clip.sample_rate)
         assert len(onsets) == len(truth), (index, onsets, truth)
         np.testing.assert_allclose(onsets, truth, atol=0.004)
         checked += len(truth)

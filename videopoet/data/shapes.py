@@ -41,7 +41,8 @@ depth, ids and flow are hard-edged: a pixel belongs to a layer where that layer'
 
 Entry points: `make_clip(config, seed, index)` (= `render(sample_spec(...))`), `ShapesDataset` (torch,
 in memory, clip-dataset items + ground truth), `write_shapes(out_dir, num, ...)` (mp4 + npz +
-manifest.jsonl; the `videopoet data shapes` command), `parse_caption`, `tone_frequency`.
+manifest.jsonl; the `videopoet data shapes` command), `parse_caption`, `tone_frequency`, and audio
+probes that read attributes back from sound (`dominant_frequency`, `nearest_tone`, `click_times`).
 """
 
 from __future__ import annotations
@@ -458,6 +459,34 @@ def _audio(spec: ClipSpec, bounces: list[list[float]]) -> np.ndarray:
     if peak > 0.95:
         out *= 0.95 / peak
     return out.astype(np.float32)[None, :]
+
+
+# --------------------------------------------------------------------------------------- audio probes
+def dominant_frequency(audio: np.ndarray, sample_rate: int) -> float:
+    """Frequency (Hz) of the strongest spectral peak of (S,) or (C, S) audio (Hann window, channels mixed)."""
+    a = np.asarray(audio, np.float64).reshape(-1, np.shape(audio)[-1]).mean(0)
+    spec = np.abs(np.fft.rfft(a * np.hanning(len(a))))
+    spec[0] = 0.0
+    return float(np.fft.rfftfreq(len(a), 1.0 / sample_rate)[spec.argmax()])
+
+
+def nearest_tone(frequency: float) -> tuple[str, str]:
+    """The (shape, colour) whose tone is nearest to `frequency` in pitch (audio -> attributes)."""
+    pairs = [(s, c) for s in SHAPES for c in COLOURS]
+    return min(pairs, key=lambda p: abs(math.log(tone_frequency(*p) / max(frequency, 1e-6))))
+
+
+def click_times(audio: np.ndarray, sample_rate: int, *, threshold: float = 0.1,
+                min_gap: float = 0.02) -> np.ndarray:
+    """Onset times (s) of bounce clicks in (S,) or (C, S) audio: high-pass above every tone
+    (2.6 kHz), then peaks of the magnitude at least `threshold` high and `min_gap` s apart."""
+    from scipy import signal
+
+    a = np.asarray(audio, np.float64).reshape(-1, np.shape(audio)[-1]).mean(0)
+    sos = signal.butter(6, 2600.0, "highpass", fs=sample_rate, output="sos")
+    env = np.abs(signal.sosfiltfilt(sos, a))
+    peaks, _ = signal.find_peaks(env, height=threshold, distance=max(1, int(min_gap * sample_rate)))
+    return peaks / sample_rate
 
 
 # --------------------------------------------------------------------------------------- captions
