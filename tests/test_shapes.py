@@ -86,6 +86,11 @@ def test_bad_settings_raise_input_error_naming_the_field():
         ShapesConfig(size=129)
     with pytest.raises(InputError, match="frames"):
         ShapesConfig(frames=0)
+    with pytest.raises(InputError, match="sample_rate"):
+        ShapesConfig(sample_rate=4000)
+    with pytest.raises(InputError, match="frames"):
+        ShapesConfig(frames=2.5)
+    assert ShapesConfig(size=np.int64(48)).size == 48 and type(ShapesConfig(size=np.int64(48)).size) is int
     with pytest.raises(InputError, match="max_objects"):
         ShapesConfig(min_objects=3, max_objects=2)
     with pytest.raises(InputError, match="num"):
