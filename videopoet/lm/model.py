@@ -98,16 +98,17 @@ def lm_config(vocab, model: dict, where: str = "model") -> LMConfig:
 
 # ---- helpers ---------------------------------------------------------------------------------------
 def rotary_tables(head_dim: int, max_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos (T, 1, D) and sign-folded sin (T, 1, D) for the rotate-half convention."""
     inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
     ang = torch.outer(torch.arange(max_len, dtype=torch.float32), inv)  # (T, D/2)
-    ang = torch.cat([ang, ang], dim=-1)  # (T, D): rotate-half layout
-    return ang.cos(), ang.sin()
+    cos, sin = ang.cos(), ang.sin()
+    return torch.cat([cos, cos], dim=-1)[:, None], torch.cat([-sin, sin], dim=-1)[:, None]
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x (B, H, T, D); cos/sin (T, D)."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+    """x (B, T, H, D); cos/sin (T, 1, D). x*cos + rotate_half(x)*sin, with rotate_half(x) =
+    [-x2, x1] written as roll(x, D/2) times the sign-folded sin (three kernels)."""
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), sin)
 
 
 class KVCache:
@@ -135,10 +136,11 @@ class SelfAttention(nn.Module):
 
     def forward(self, x, cos, sin, mask: Mask, cache: KVCache | None = None, layer: int = 0):
         B, T, _ = x.shape
-        q, k, v = self.wqkv(x).split([self.h * self.dh, self.hkv * self.dh, self.hkv * self.dh], dim=-1)
-        q = apply_rotary(q.view(B, T, self.h, self.dh).transpose(1, 2), cos, sin)  # (B, H, T, D)
-        k = apply_rotary(k.view(B, T, self.hkv, self.dh).transpose(1, 2), cos, sin)
-        v = v.view(B, T, self.hkv, self.dh).transpose(1, 2)
+        qkv = self.wqkv(x).view(B, T, self.h + 2 * self.hkv, self.dh)
+        qk = apply_rotary(qkv[:, :, : self.h + self.hkv], cos, sin)  # q and k rotated together
+        q = qk[:, :, : self.h].transpose(1, 2)  # (B, H, T, D)
+        k = qk[:, :, self.h :].transpose(1, 2)  # (B, Hkv, T, D)
+        v = qkv[:, :, self.h + self.hkv :].transpose(1, 2)
         if cache is not None:
             end = cache.pos + T
             cache.k[layer, :, :, cache.pos : end] = k
@@ -257,10 +259,9 @@ class PrefixLM(nn.Module):
         start = cache.pos if cache is not None else 0
         if start + T > (cache.max_len if cache is not None else self.cfg.max_seq_len):
             raise InputError(f"ids: {start + T} positions exceed the model's/cache's maximum length")
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.cfg.vocab_size):
-            raise InputError(
-                f"ids: values must be in [0, {self.cfg.vocab_size}), got [{int(ids.min())}, {int(ids.max())}]"
-            )
+        lo, hi = (int(v) for v in torch.aminmax(ids)) if ids.numel() else (0, 0)
+        if lo < 0 or hi >= self.cfg.vocab_size:
+            raise InputError(f"ids: values must be in [0, {self.cfg.vocab_size}), got [{lo}, {hi}]")
         x = self.embed(ids)
         if text_embeds is not None:
             if self.text_proj is None:

@@ -1,0 +1,120 @@
+"""Decoding speed of the prefix LM against transformers' LlamaForCausalLM.generate at equal size.
+
+Side by side in one process, repetitions interleaved (the machine is shared and noisy): for each
+batch size, every repetition times each contender once, in turn; the table reports the median
+tokens/s and ratios of medians.
+
+Contenders (same weights shape: the `cpu` preset, ~13M parameters, fp32):
+  ours           KV cache, sampling over the full vocabulary (equal work to transformers)
+  ours+legal     KV cache, decoding constrained to the visual range (what a t2v prompt does)
+  ours-nocache   our model recomputing the whole sequence at every step
+  transformers   LlamaForCausalLM.generate(do_sample=True, top_k=0), its default DynamicCache
+
+    .venv/bin/python benchmarks/bench_lm_decode.py [--preset cpu] [--batch 1 8] [--new 128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import torch
+
+from videopoet.lm.generate import Prompt, generate
+from videopoet.lm.pretrained import build_lm
+
+
+def llama_like(model):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    c = model.cfg
+    lc = LlamaConfig(
+        vocab_size=c.vocab_size,
+        hidden_size=c.d_model,
+        intermediate_size=c.mlp_hidden,
+        num_hidden_layers=c.n_layers,
+        num_attention_heads=c.n_heads,
+        num_key_value_heads=c.n_kv_heads,
+        max_position_embeddings=c.max_seq_len,
+        rms_norm_eps=c.norm_eps,
+        rope_theta=c.rope_theta,
+        tie_word_embeddings=False,
+    )
+    return LlamaForCausalLM(lc).eval()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="cpu")
+    ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    ap.add_argument("--prompt", type=int, default=64, help="prefix length")
+    ap.add_argument("--new", type=int, default=128, help="tokens generated per row")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--no-nocache", action="store_true", help="skip our no-cache decoding (slowest)")
+    args = ap.parse_args()
+
+    torch.manual_seed(0)
+    ours, vocab = build_lm(args.preset)
+    ours.eval()
+    ref = llama_like(ours)
+    n_ours, n_ref = ours.num_params(), sum(p.numel() for p in ref.parameters())
+    print(f"preset {args.preset}: ours {n_ours / 1e6:.2f}M params, LlamaForCausalLM {n_ref / 1e6:.2f}M params")
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, load {os.getloadavg()[0]:.2f}")
+    print(f"prompt {args.prompt} tokens, {args.new} new tokens per row, {args.reps} interleaved repetitions\n")
+
+    V = vocab.size
+    rows = []
+    for B in args.batch:
+        ids = torch.randint(256, V, (B, args.prompt))
+        full = Prompt(ids, torch.ones_like(ids, dtype=torch.bool), torch.tensor([[0, V]] * args.new))
+        vis = Prompt(ids, full.key_valid, torch.tensor([list(vocab.visual_range())] * args.new))
+
+        def run_ours(prompt=full, cache=True):
+            return generate(ours, prompt, seed=0, use_cache=cache)
+
+        def run_ref():
+            with torch.no_grad():
+                out = ref.generate(
+                    input_ids=ids,
+                    attention_mask=torch.ones_like(ids),
+                    max_new_tokens=args.new,
+                    min_new_tokens=args.new,
+                    do_sample=True,
+                    top_k=0,
+                    top_p=1.0,
+                    temperature=1.0,
+                    pad_token_id=0,
+                    eos_token_id=None,
+                )
+            assert out.shape[1] == args.prompt + args.new
+            return out
+
+        contenders = {
+            "ours": run_ours,
+            "ours+legal": lambda: run_ours(vis),
+            "transformers": run_ref,
+        }
+        if not args.no_nocache:
+            contenders["ours-nocache"] = lambda: run_ours(full, cache=False)
+        for fn in contenders.values():  # warm-up (allocator, lazy imports)
+            _ = fn() if fn is not contenders.get("ours-nocache") else None
+        times: dict[str, list[float]] = {k: [] for k in contenders}
+        for _ in range(args.reps):
+            for name, fn in contenders.items():
+                t = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t)
+        tps = {k: B * args.new / statistics.median(v) for k, v in times.items()}
+        for k in contenders:
+            rows.append((B, k, tps[k], tps[k] / tps["transformers"]))
+
+    print(f"{'batch':>5}  {'contender':<14} {'tokens/s':>10}  {'vs transformers':>15}")
+    for B, k, t, r in rows:
+        print(f"{B:>5}  {k:<14} {t:>10.1f}  {r:>14.2f}x")
+    print(f"\nload after: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
