@@ -171,6 +171,28 @@ def test_rendered_centroid_matches_recorded_position(index):
     assert np.abs(mean / mean.max() - rgb / rgb.max()).max() < 0.05
 
 
+def test_colour_tracks_read_colours_and_positions_back_from_frames():
+    cfg = ShapesConfig(min_objects=1, max_objects=3, pan_prob=0.5, occlusion_prob=0.0)
+    checked = 0
+    for index in range(12):
+        clip = make_clip(cfg, seed=13, index=index)
+        colours = [o["colour"] for o in clip.attributes["objects"]]
+        tracks = shapes.colour_tracks(clip.video)
+        assert set(tracks) == set(colours), (index, set(tracks), colours)
+        for i, c in enumerate(colours):
+            if colours.count(c) > 1:
+                continue
+            # frames where this object is fully visible (not overlapping another one)
+            alone = [t for t in range(clip.video.shape[0])
+                     if not any(np.hypot(*(clip.positions[t, i] - clip.positions[t, j])) < 0.4 * 64
+                                for j in range(len(colours)) if j != i)]
+            if alone:
+                err = np.abs(tracks[c][alone] - clip.positions[alone, i]).max()
+                assert err < 0.4, (index, c, err)
+                checked += 1
+    assert checked >= 8
+
+
 def _hand_spec(cfg: ShapesConfig, objects: tuple[ObjectSpec, ...]) -> ClipSpec:
     """A hand-written scene over the background of a sampled one."""
     base = shapes.sample_spec(cfg, 0, 0)

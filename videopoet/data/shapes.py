@@ -42,7 +42,8 @@ depth, ids and flow are hard-edged: a pixel belongs to a layer where that layer'
 Entry points: `make_clip(config, seed, index)` (= `render(sample_spec(...))`), `ShapesDataset` (torch,
 in memory, clip-dataset items + ground truth), `write_shapes(out_dir, num, ...)` (mp4 + npz +
 manifest.jsonl; the `videopoet data shapes` command), `parse_caption`, `tone_frequency`, and audio
-probes that read attributes back from sound (`dominant_frequency`, `nearest_tone`, `click_times`).
+probes that read attributes back from sound (`dominant_frequency`, `nearest_tone`, `click_times`)
+and from pictures (`colour_tracks`), to score generated clips.
 """
 
 from __future__ import annotations
@@ -491,6 +492,56 @@ def click_times(audio: np.ndarray, sample_rate: int, *, threshold: float = 0.1,
     env = np.abs(signal.sosfiltfilt(sos, a))
     peaks, _ = signal.find_peaks(env, height=threshold, distance=max(1, int(min_gap * sample_rate)))
     return peaks / sample_rate
+
+
+# --------------------------------------------------------------------------------------- video probe
+def _hue(rgb: np.ndarray) -> np.ndarray:
+    """Hue in degrees [0, 360) of (..., 3) RGB."""
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    return np.degrees(np.arctan2(math.sqrt(3) * (g - b), 2 * r - g - b)) % 360.0
+
+
+_PALETTE_HUE = {c: float(_hue(np.asarray(rgb))) for c, rgb in COLOUR_RGB.items()}
+
+
+def colour_tracks(video: np.ndarray, *, min_pixels: float | None = None) -> dict[str, np.ndarray]:
+    """Where each palette colour is in uint8 (T, H, W, 3) frames (video -> attributes and motion).
+
+    Pixels are weighted by saturation (background, bar: ~0; object: 1; antialiased rims in between)
+    and assigned to the palette colour of nearest hue (mixing with the near-grey background keeps the
+    hue). Returns {colour: (T, 2) float (x, y) centroid, NaN in frames with less than `min_pixels` of
+    weight (default: a quarter of a small object, so antialiased mixes where two objects touch do not
+    count)} for every colour seen in some frame; objects of the same colour share one track.
+    """
+    from scipy import ndimage
+
+    f = np.asarray(video, np.float32) / 255.0  # (T, H, W, 3)
+    if min_pixels is None:
+        min_pixels = 0.25 * math.pi * (SIZE_RADIUS["small"] * min(f.shape[1:3])) ** 2
+    mx, mn = f.max(-1), f.min(-1)
+    sat = (mx - mn) / np.maximum(mx, 1e-6)  # (T, H, W)
+    weight = np.clip((sat - 0.15) / (0.75 - 0.15), 0.0, 1.0)
+    names = list(_PALETTE_HUE)
+    dist = np.abs((_hue(f)[..., None] - np.asarray([_PALETTE_HUE[c] for c in names]) + 180.0) % 360.0 - 180.0)
+    nearest = dist.argmin(-1)  # (T, H, W) palette index
+    ys, xs = np.mgrid[0 : f.shape[1], 0 : f.shape[2]]
+    tracks = {}
+    for k, name in enumerate(names):
+        w = weight * (nearest == k)  # (T, H, W)
+        total = w.sum((1, 2))  # (T,)
+        # an object has a core: colour-k pixels whose 3x3 neighbourhood is colour k too (a 1-pixel
+        # antialiased seam where two objects overlap mixes their hues into a third colour, no core)
+        core = ndimage.binary_erosion(w > 0.5, structure=np.ones((1, 3, 3), bool)).any((1, 2))  # (T,)
+        total[~core] = 0.0
+        if not (total >= min_pixels).any():
+            continue
+        with np.errstate(invalid="ignore", divide="ignore"):
+            x = (w * xs).sum((1, 2)) / total
+            y = (w * ys).sum((1, 2)) / total
+        track = np.stack([x, y], -1)  # (T, 2)
+        track[total < min_pixels] = np.nan
+        tracks[name] = track
+    return tracks
 
 
 # --------------------------------------------------------------------------------------- captions
