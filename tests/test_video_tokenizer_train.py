@@ -1,0 +1,144 @@
+"""Video tokenizer training, metrics and CLI: loss falls, exact resume, checkpoints, PSNR/SSIM, commands."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from videopoet.errors import VideoPoetError
+from videopoet.eval.video_metrics import codebook_usage, psnr, ssim, ssim_per_frame
+from videopoet.tokenizers.video import VideoTokenizer
+from videopoet.tokenizers.video_losses import LeCAM, TokenizerLossConfig, gan_weight
+from videopoet.tokenizers.video_train import (
+    TokenizerData,
+    TokenizerTrainer,
+    bicubic_baseline,
+    evaluate,
+    load_train_config,
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def debug_cfg(*overrides):
+    return load_train_config("tokenizer/debug", list(overrides))
+
+
+# ---------------------------------------------------------------------------------------- training
+def test_short_training_run_reduces_the_reconstruction_loss(tmp_path):
+    cfg = debug_cfg("data.image_every=0", "loss.gan_weight=0", "train.max_steps=25")
+    tr = TokenizerTrainer(cfg, tmp_path)
+    fixed = tr.data.batch(0)
+    with torch.no_grad():
+        before = float((tr.model(fixed).reconstruction - fixed).abs().mean())
+    losses = [tr.train_step(tr.data.batch(s))["rec"] for s in range(25)]
+    with torch.no_grad():
+        after = float((tr.model(fixed).reconstruction - fixed).abs().mean())
+    assert after < 0.8 * before
+    assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])
+
+
+def test_resume_is_exact_and_checkpoints_are_safetensors_dirs(tmp_path):
+    # GAN on from step 2: the discriminator, LeCAM anchors and both optimizers must round-trip
+    cfg = debug_cfg("train.max_steps=4", "train.checkpoint_every=2", "loss.disc_start=1")
+    a = TokenizerTrainer(cfg, tmp_path / "a")
+    a.fit()
+    b = TokenizerTrainer(debug_cfg("train.max_steps=2", "train.checkpoint_every=2", "loss.disc_start=1"), tmp_path / "b")
+    b.fit()
+    c = TokenizerTrainer(cfg, tmp_path / "b")
+    c.fit(resume=True)
+    assert c.step == 4
+    for (k, va), vc in zip(a.model.state_dict().items(), c.model.state_dict().values()):
+        assert torch.equal(va, vc), k
+    for va, vc in zip(a.disc.state_dict().values(), c.disc.state_dict().values()):
+        assert torch.equal(va, vc)
+    for va, vc in zip(a.ema.state_dict().values(), c.ema.state_dict().values()):
+        assert torch.equal(va, vc)
+    assert torch.equal(a.lecam.ema_real, c.lecam.ema_real)
+    ck = sorted((tmp_path / "a" / "checkpoints").glob("step_*"))
+    assert [p.name for p in ck] == ["step_0000002", "step_0000004"]
+    assert not list((tmp_path / "a" / "checkpoints").glob(".*tmp"))
+    assert {p.name for p in ck[-1].iterdir()} == {
+        "generator", "ema", "discriminator.safetensors", "optim_g.safetensors", "optim_d.safetensors",
+        "rng.safetensors", "state.json"}
+    # the exported model loads and encodes
+    model = VideoTokenizer.from_pretrained(tmp_path / "a" / "model")
+    assert model.encode(torch.zeros(1, 3, 5, 32, 32)).shape == (1, 2, 4, 4)
+    logs = [json.loads(line) for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logs] == [1, 2, 3, 4] and "frames_per_s" in logs[0] and "d" in logs[-1]
+
+
+def test_resume_refuses_a_different_model(tmp_path):
+    TokenizerTrainer(debug_cfg("train.max_steps=1"), tmp_path).fit()
+    other = TokenizerTrainer(debug_cfg("train.max_steps=2", "model.bits=4", "model.entropy_group_bits=4"), tmp_path)
+    with pytest.raises(VideoPoetError, match="different model config"):
+        other.fit(resume=True)
+
+
+def test_batches_are_a_pure_function_of_the_step_and_mix_images_and_videos():
+    data = TokenizerData(debug_cfg().data)
+    assert torch.equal(data.batch(5), data.batch(5)) and not torch.equal(data.batch(4), data.batch(5))
+    shapes = [tuple(data.batch(s).shape) for s in range(3)]
+    assert shapes == [(2, 3, 5, 32, 32), (2, 3, 5, 32, 32), (2, 3, 1, 32, 32)]
+    assert all(float(data.batch(s).abs().max()) <= 1 for s in range(3))
+
+
+def test_gan_schedule_and_lecam():
+    cfg = TokenizerLossConfig(gan_weight=0.2, disc_start=10, disc_ramp=4)
+    assert [gan_weight(cfg, s) for s in (0, 9, 10, 11, 13, 100)] == pytest.approx([0, 0, 0.05, 0.1, 0.2, 0.2])
+    lecam = LeCAM(decay=0.5)
+    lecam.update(torch.tensor([1.0]), torch.tensor([-1.0]))
+    lecam.update(torch.tensor([3.0]), torch.tensor([-3.0]))
+    assert float(lecam.ema_real) == 2.0 and float(lecam.ema_fake) == -2.0
+    # real logits above the fake anchor and fake logits below the real anchor are penalized
+    assert float(lecam(torch.tensor([0.0]), torch.tensor([0.0]))) == pytest.approx(4 + 4)
+    with pytest.raises(ValueError, match="perceptual_weights"):
+        TokenizerLossConfig(perceptual_weight=0.1)
+
+
+# ----------------------------------------------------------------------------------------- metrics
+def test_psnr_ssim_values():
+    x = torch.zeros(1, 3, 2, 16, 16)
+    y = x + 0.2  # 0.1 on the [0, 1] scale -> MSE 0.01 -> 20 dB
+    assert psnr(x, y) == pytest.approx(20.0)
+    assert psnr(x, x) == math.inf and ssim(x, x) == pytest.approx(1.0)
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(1, 3, 3, 24, 24, generator=g) * 2 - 1
+    assert ssim_per_frame(a, a.flip(-1)).shape == (3,) and ssim(a, a.flip(-1)) < 0.5
+
+
+def test_ssim_matches_scikit_image():
+    metrics = pytest.importorskip("skimage.metrics")
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(1, 3, 1, 32, 40, generator=g) * 2 - 1
+    b = (a + 0.3 * torch.randn(a.shape, generator=g)).clamp(-1, 1)
+    to_np = lambda v: ((v[0, :, 0] + 1) / 2).permute(1, 2, 0).double().numpy()  # noqa: E731
+    ref = metrics.structural_similarity(to_np(a), to_np(b), gaussian_weights=True, sigma=1.5,
+                                        use_sample_covariance=False, data_range=1.0, channel_axis=2)
+    assert ssim(a, b) == pytest.approx(ref, abs=1e-6)
+
+
+def test_codebook_usage_and_perplexity():
+    u = codebook_usage(torch.tensor([0, 1, 2, 3, 0, 1, 2, 3]), 8)
+    assert u["usage"] == 0.5 and u["perplexity"] == pytest.approx(4.0) and u["perplexity_ratio"] == 0.5
+    assert codebook_usage(torch.zeros(10, dtype=torch.long), 4)["perplexity"] == pytest.approx(1.0)
+
+
+def test_evaluate_reports_tokenizer_and_bicubic_on_the_same_frames():
+    model = VideoTokenizer(debug_cfg().model).eval()
+    clips = [torch.rand(3, 5, 32, 32) * 2 - 1 for _ in range(2)]
+    res = evaluate(model, clips)
+    assert res["tokenizer"]["frames"] == res["bicubic"]["frames"] == 10
+    assert 0 < res["tokenizer"]["usage"] <= 1
+    smooth = torch.linspace(-1, 1, 32).view(1, 1, 1, 1, 32).expand(1, 3, 2, 32, 32)
+    assert psnr(smooth, bicubic_baseline(smooth)) > 35  # a linear ramp survives 4x bicubic
