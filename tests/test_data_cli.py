@@ -97,9 +97,13 @@ def test_options_from_a_config_file(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     ("flags", "field"),
-    [(["--num", "0"], "num"), (["--num", "1", "--size", "20"], "size"),
-     (["--num", "1", "--size", "200"], "size"), (["--num", "1", "--frames", "0"], "frames"),
-     (["--num", "1", "--max-objects", "9"], "max_objects")],
+    [
+        (["--num", "0"], "num"),
+        (["--num", "1", "--size", "20"], "size"),
+        (["--num", "1", "--size", "200"], "size"),
+        (["--num", "1", "--frames", "0"], "frames"),
+        (["--num", "1", "--max-objects", "9"], "max_objects"),
+    ],
 )
 def test_bad_arguments_fail_in_one_line_naming_the_field(tmp_path, capsys, flags, field):
     assert cli.main(["data", "shapes", "--out", str(tmp_path / "o"), *flags]) == 2

@@ -79,6 +79,18 @@ def test_fps_only_samples_the_scene():
     assert slow.attributes["camera_pan"] == "left" and slow.flow[0, 0, 0, 0] > 0  # the scene slides right
 
 
+def test_objects_first_move_in_the_captioned_direction():
+    cfg = ShapesConfig(size=32, frames=2, min_objects=4, max_objects=4)
+    for index in range(25):
+        clip = make_clip(cfg, seed=0, index=index)
+        step = clip.positions[1] - clip.positions[0]  # (N, 2)
+        for o, d in zip(clip.attributes["objects"], step, strict=True):
+            np.testing.assert_array_equal(
+                np.sign(np.round(d, 6)), np.sign(shapes.DIRECTION_VEC[o["direction"]])
+            )
+            assert not o["bounce_times"]  # no bounce before 1/8 s
+
+
 def test_bad_settings_raise_input_error_naming_the_field():
     with pytest.raises(InputError, match="size"):
         ShapesConfig(size=16)
@@ -127,7 +139,7 @@ def test_dominant_audio_frequency_is_the_shape_colour_tone(index):
     assert shapes.nearest_tone(peak) == (obj["shape"], obj["colour"])  # audio -> attributes
     assert obj["tone_hz"] == pytest.approx(tone_frequency(obj["shape"], obj["colour"]), abs=1e-3)
     # loudness encodes the size: the tone's amplitude (fades aside) is the size's amplitude
-    mid = a[len(a) // 4: 3 * len(a) // 4]
+    mid = a[len(a) // 4 : 3 * len(a) // 4]
     assert np.sqrt(2 * np.mean(mid**2)) == pytest.approx(shapes.SIZE_AMPLITUDE[obj["size"]], rel=0.1)
 
 
@@ -183,9 +195,15 @@ def test_colour_tracks_read_colours_and_positions_back_from_frames():
             if colours.count(c) > 1:
                 continue
             # frames where this object is fully visible (not overlapping another one)
-            alone = [t for t in range(clip.video.shape[0])
-                     if not any(np.hypot(*(clip.positions[t, i] - clip.positions[t, j])) < 0.4 * 64
-                                for j in range(len(colours)) if j != i)]
+            alone = [
+                t
+                for t in range(clip.video.shape[0])
+                if not any(
+                    np.hypot(*(clip.positions[t, i] - clip.positions[t, j])) < 0.4 * 64
+                    for j in range(len(colours))
+                    if j != i
+                )
+            ]
             if alone:
                 err = np.abs(tracks[c][alone] - clip.positions[alone, i]).max()
                 assert err < 0.4, (index, c, err)
@@ -213,8 +231,11 @@ def test_positions_bounce_inside_the_frame_at_the_recorded_times():
     assert x.min() >= -0.5 + r - 1e-4 and x.max() <= hi + 1e-4
     np.testing.assert_allclose(clip.positions[:, 0, 1], 20.0)
     step = np.diff(x)
-    reversal = [k for k in range(len(step)) if abs(step[k] - np.sign(step[k]) * 3.0) > 1e-3 or
-                (k and np.sign(step[k]) != np.sign(step[k - 1]))]
+    reversal = [
+        k
+        for k in range(len(step))
+        if abs(step[k] - np.sign(step[k]) * 3.0) > 1e-3 or (k and np.sign(step[k]) != np.sign(step[k - 1]))
+    ]
     assert set(reversal) >= {math.floor(t1), math.floor(t2)}
     assert "and bounces" in clip.caption
 
@@ -277,15 +298,18 @@ def test_captions_parse_back_to_the_attributes():
         attrs = clip.attributes
         assert len(parsed["objects"]) == len(attrs["objects"])
         for p, a in zip(parsed["objects"], attrs["objects"], strict=True):
-            assert {k: p[k] for k in ("shape", "colour", "size", "direction", "speed")} == \
-                {k: a[k] for k in ("shape", "colour", "size", "direction", "speed")}
+            assert {k: p[k] for k in ("shape", "colour", "size", "direction", "speed")} == {
+                k: a[k] for k in ("shape", "colour", "size", "direction", "speed")
+            }
             assert p["bounces"] == bool(a["bounce_times"])
         assert parsed["camera_pan"] == attrs["camera_pan"]
         assert parsed["occluder"] == (attrs["occluder"] is not None)
         seen_pan |= parsed["camera_pan"] is not None
         seen_bar |= parsed["occluder"]
     assert seen_pan and seen_bar
-    assert parse_caption("a small red circle moves slowly left and bounces")["objects"][0]["shape"] == "circle"
+    assert (
+        parse_caption("a small red circle moves slowly left and bounces")["objects"][0]["shape"] == "circle"
+    )
     with pytest.raises(InputError, match="grammar"):
         parse_caption("a huge red circle moves slowly left")
 
@@ -304,7 +328,7 @@ def test_dataset_items_follow_the_clip_format_and_collate():
     n = len(clip.attributes["objects"])
     np.testing.assert_array_equal(item["positions"][:, :n].numpy(), clip.positions)
     assert torch.isnan(item["positions"][:, n:]).all() and (item["labels"][n:] == -1).all()
-    expect = ((torch.from_numpy(clip.video).permute(3, 0, 1, 2).float() / 255) * 2 - 1)
+    expect = (torch.from_numpy(clip.video).permute(3, 0, 1, 2).float() / 255) * 2 - 1
     torch.testing.assert_close(item["video"], expect)
     assert int(item["bounce_counts"].sum()) == len(clip.all_bounce_times)
     assert json.loads(item["attributes"]) == clip.attributes

@@ -48,9 +48,19 @@ def data_shapes(
 
     if not isinstance(num, int) or num <= 0:
         raise InputError(f"--num must be a positive integer, got {num!r}")
-    cfg = ShapesConfig(size=size, frames=frames, fps=fps, sample_rate=sample_rate, min_objects=min_objects,
-                       max_objects=max_objects, pan_prob=pan_prob, occlusion_prob=occlusion_prob)
+    cfg = ShapesConfig(
+        size=size,
+        frames=frames,
+        fps=fps,
+        sample_rate=sample_rate,
+        min_objects=min_objects,
+        max_objects=max_objects,
+        pan_prob=pan_prob,
+        occlusion_prob=occlusion_prob,
+    )
     manifest = write_shapes(out, num, cfg, seed=seed, progress=progress)
-    print(f"wrote {num} clips ({size}x{size}, {frames} frames at {fps:g} fps, audio at {sample_rate} Hz, "
-          f"seed {seed}) to {out}/clips")
+    print(
+        f"wrote {num} clips ({size}x{size}, {frames} frames at {fps:g} fps, audio at {sample_rate} Hz, "
+        f"seed {seed}) to {out}/clips"
+    )
     print(f"manifest: {manifest}")

@@ -81,10 +81,16 @@ BAR_RGB = (0.82, 0.82, 0.82)
 SIZE_RADIUS = {"small": 0.08, "medium": 0.12, "large": 0.16}  # equal-area radius, fraction of size
 SPEED = {"slowly": 0.2, "quickly": 0.44}  # frame sizes per second (1.6 / 3.5 px a frame at 64 px, 8 fps)
 PAN_SPEED = 0.12  # camera pan, frame sizes per second
+START_MARGIN_S = 0.125  # no bounce in the first 1/8 s: the first frames move in the captioned direction
 DIRECTION_VEC = {  # unit vectors in image coordinates (y down)
-    "left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0),
-    "up-left": (-math.sqrt(0.5), -math.sqrt(0.5)), "up-right": (math.sqrt(0.5), -math.sqrt(0.5)),
-    "down-left": (-math.sqrt(0.5), math.sqrt(0.5)), "down-right": (math.sqrt(0.5), math.sqrt(0.5)),
+    "left": (-1.0, 0.0),
+    "right": (1.0, 0.0),
+    "up": (0.0, -1.0),
+    "down": (0.0, 1.0),
+    "up-left": (-math.sqrt(0.5), -math.sqrt(0.5)),
+    "up-right": (math.sqrt(0.5), -math.sqrt(0.5)),
+    "down-left": (-math.sqrt(0.5), math.sqrt(0.5)),
+    "down-right": (math.sqrt(0.5), math.sqrt(0.5)),
 }
 PAN_VEC = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
 SIZE_AMPLITUDE = {"small": 0.12, "medium": 0.18, "large": 0.24}
@@ -233,12 +239,17 @@ def sample_spec(config: ShapesConfig, seed: int, index: int) -> ClipSpec:
         size = SIZES[rng.integers(len(SIZES))]
         direction = DIRECTIONS[rng.integers(len(DIRECTIONS))]
         speed = SPEEDS[rng.integers(len(SPEEDS))]
-        x_lo, x_hi, y_lo, y_hi = _bounds(cfg, shape, size)
-        start = (float(rng.uniform(x_lo, x_hi)), float(rng.uniform(y_lo, y_hi)))
         v = SPEED[speed] * cfg.size
-        ux, uy = DIRECTION_VEC[direction]
-        objects.append(ObjectSpec(shape, colour, size, direction, speed, float(round(depths[i], 4)),
-                                  start, (v * ux, v * uy)))
+        vel = (v * DIRECTION_VEC[direction][0], v * DIRECTION_VEC[direction][1])
+        x_lo, x_hi, y_lo, y_hi = _bounds(cfg, shape, size)
+        # start at least START_MARGIN_S of travel from the wall it heads for, so the first motion
+        # is the captioned direction (a margin in seconds keeps `fps` a pure sampling rate)
+        x_lo, x_hi = x_lo + max(0.0, -vel[0]) * START_MARGIN_S, x_hi - max(0.0, vel[0]) * START_MARGIN_S
+        y_lo, y_hi = y_lo + max(0.0, -vel[1]) * START_MARGIN_S, y_hi - max(0.0, vel[1]) * START_MARGIN_S
+        start = (float(rng.uniform(x_lo, x_hi)), float(rng.uniform(y_lo, y_hi)))
+        objects.append(
+            ObjectSpec(shape, colour, size, direction, speed, float(round(depths[i], 4)), start, vel)
+        )
     pan = PANS[rng.integers(len(PANS))] if rng.random() < cfg.pan_prob else None
     bar = None
     if rng.random() < cfg.occlusion_prob:
@@ -250,8 +261,14 @@ def sample_spec(config: ShapesConfig, seed: int, index: int) -> ClipSpec:
     for _ in range(4):
         theta = rng.uniform(0, 2 * math.pi)
         cycles = rng.integers(1, 5) / cfg.size  # cycles per pixel
-        gratings.append((float(cycles * math.cos(theta)), float(cycles * math.sin(theta)),
-                         float(rng.uniform(0, 2 * math.pi)), float(rng.uniform(0.05, 0.10))))
+        gratings.append(
+            (
+                float(cycles * math.cos(theta)),
+                float(cycles * math.sin(theta)),
+                float(rng.uniform(0, 2 * math.pi)),
+                float(rng.uniform(0.05, 0.10)),
+            )
+        )
     return ClipSpec(cfg, tuple(objects), pan, bar, tint, tuple(gratings))
 
 
@@ -354,8 +371,9 @@ def _background(spec: ClipSpec, offsets: np.ndarray) -> np.ndarray:
     return lum[..., None] * np.asarray(spec.tint_rgb, np.float32)
 
 
-def _render_frames(spec: ClipSpec, pos: np.ndarray, pan: np.ndarray, frames: range
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _render_frames(
+    spec: ClipSpec, pos: np.ndarray, pan: np.ndarray, frames: range
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Frames `frames` (a range of F indices): video uint8 (F, H, W, 3), depth (F, H, W), ids (F, H, W),
     flow (F, 2, H, W). `pos` (T + 1, N, 2) are centres at every frame and the one after the clip;
     `pan` (2,) is the camera velocity in pixels per frame."""
@@ -398,8 +416,9 @@ def _render_frames(spec: ClipSpec, pos: np.ndarray, pan: np.ndarray, frames: ran
     if spec.bar is not None:  # fixed to the camera: same place in every frame, zero flow
         orientation, centre, width = spec.bar
         cov1 = np.clip(0.5 - (np.abs(grid - centre) - width / 2), 0.0, 1.0)  # (W,) or (H,)
-        cov = np.broadcast_to(cov1[None, None, :] if orientation == "vertical" else cov1[None, :, None],
-                              (f_len, s, s))
+        cov = np.broadcast_to(
+            cov1[None, None, :] if orientation == "vertical" else cov1[None, :, None], (f_len, s, s)
+        )
         img += cov[..., None] * (np.asarray(BAR_RGB, np.float32) - img)
         inside = cov >= 0.5
         ids[inside] = -2
@@ -426,17 +445,36 @@ def render(spec: ClipSpec, *, chunk: int = 64) -> ShapesClip:
     audio = _audio(spec, bounces)
     attributes = {
         "objects": [
-            {**o.attributes(), "depth": o.depth, "tone_hz": round(tone_frequency(o.shape, o.colour), 3),
-             "bounce_times": [round(b, 6) for b in bounces[i]]}
+            {
+                **o.attributes(),
+                "depth": o.depth,
+                "tone_hz": round(tone_frequency(o.shape, o.colour), 3),
+                "bounce_times": [round(b, 6) for b in bounces[i]],
+            }
             for i, o in enumerate(spec.objects)
         ],
         "camera_pan": spec.pan,
-        "occluder": None if spec.bar is None else
-        {"orientation": spec.bar[0], "center": round(spec.bar[1], 3), "width": round(spec.bar[2], 3)},
-        "size": s, "frames": t_len, "fps": cfg.fps, "sample_rate": cfg.sample_rate,
+        "occluder": None
+        if spec.bar is None
+        else {"orientation": spec.bar[0], "center": round(spec.bar[1], 3), "width": round(spec.bar[2], 3)},
+        "size": s,
+        "frames": t_len,
+        "fps": cfg.fps,
+        "sample_rate": cfg.sample_rate,
     }
-    return ShapesClip(video, audio, caption_for(spec, bounces), attributes, pos.astype(np.float32),
-                      depth, flow, ids, bounces, cfg.fps, cfg.sample_rate)
+    return ShapesClip(
+        video,
+        audio,
+        caption_for(spec, bounces),
+        attributes,
+        pos.astype(np.float32),
+        depth,
+        flow,
+        ids,
+        bounces,
+        cfg.fps,
+        cfg.sample_rate,
+    )
 
 
 def _audio(spec: ClipSpec, bounces: list[list[float]]) -> np.ndarray:
@@ -451,7 +489,7 @@ def _audio(spec: ClipSpec, bounces: list[list[float]]) -> np.ndarray:
     if ramp > 0:
         fade = 0.5 - 0.5 * np.cos(np.linspace(0, math.pi, ramp))
         out[:ramp] *= fade
-        out[n - ramp:] *= fade[::-1]
+        out[n - ramp :] *= fade[::-1]
     click_len = int(8 * CLICK_DECAY_S * cfg.sample_rate)
     tc = np.arange(click_len) / cfg.sample_rate
     click = CLICK_AMPLITUDE * np.exp(-tc / CLICK_DECAY_S) * np.sin(2 * math.pi * CLICK_HZ * tc)
@@ -481,8 +519,9 @@ def nearest_tone(frequency: float) -> tuple[str, str]:
     return min(pairs, key=lambda p: abs(math.log(tone_frequency(*p) / max(frequency, 1e-6))))
 
 
-def click_times(audio: np.ndarray, sample_rate: int, *, threshold: float = 0.1,
-                min_gap: float = 0.02) -> np.ndarray:
+def click_times(
+    audio: np.ndarray, sample_rate: int, *, threshold: float = 0.1, min_gap: float = 0.02
+) -> np.ndarray:
     """Onset times (s) of bounce clicks in (S,) or (C, S) audio: high-pass above every tone
     (2.6 kHz), then peaks of the magnitude at least `threshold` high and `min_gap` s apart."""
     from scipy import signal
@@ -549,8 +588,9 @@ def caption_for(spec: ClipSpec, bounces: list[list[float]]) -> str:
     """The clip's caption: one clause per object, then the camera and the occluder (see parse_caption)."""
     clauses = []
     for o, b in zip(spec.objects, bounces, strict=True):
-        clauses.append(f"a {o.size} {o.colour} {o.shape} moves {o.speed} {o.direction}"
-                       + (" and bounces" if b else ""))
+        clauses.append(
+            f"a {o.size} {o.colour} {o.shape} moves {o.speed} {o.direction}" + (" and bounces" if b else "")
+        )
     if spec.pan:
         clauses.append(f"the camera pans {spec.pan}")
     if spec.bar is not None:
@@ -572,8 +612,16 @@ def parse_caption(caption: str) -> dict[str, Any]:
         m = _OBJECT_RE.match(clause)
         if m:
             size, colour, shape, speed, direction, bounce = m.groups()
-            objects.append({"shape": shape, "colour": colour, "size": size, "direction": direction,
-                            "speed": speed, "bounces": bounce is not None})
+            objects.append(
+                {
+                    "shape": shape,
+                    "colour": colour,
+                    "size": size,
+                    "direction": direction,
+                    "speed": speed,
+                    "bounces": bounce is not None,
+                }
+            )
         elif clause.startswith("the camera pans ") and clause[16:] in PANS:
             pan = clause[16:]
         elif clause == "a gray bar is in front":
@@ -592,8 +640,13 @@ def labels(attributes: dict[str, Any], max_objects: int) -> np.ndarray:
     """(max_objects, 5) int64 class indices (shape, colour, size, direction, speed); -1 rows pad."""
     out = np.full((max_objects, 5), -1, np.int64)
     for i, o in enumerate(attributes["objects"][:max_objects]):
-        out[i] = (SHAPES.index(o["shape"]), COLOURS.index(o["colour"]), SIZES.index(o["size"]),
-                  DIRECTIONS.index(o["direction"]), SPEEDS.index(o["speed"]))
+        out[i] = (
+            SHAPES.index(o["shape"]),
+            COLOURS.index(o["colour"]),
+            SIZES.index(o["size"]),
+            DIRECTIONS.index(o["direction"]),
+            SPEEDS.index(o["speed"]),
+        )
     return out
 
 
@@ -624,8 +677,15 @@ class ShapesDataset(Dataset):
         ground_truth: add the ground-truth keys (off for plain tokenizer training: less to collate).
     """
 
-    def __init__(self, num: int, config: ShapesConfig | None = None, *, seed: int = 0,
-                 ground_truth: bool = True, **options: Any):
+    def __init__(
+        self,
+        num: int,
+        config: ShapesConfig | None = None,
+        *,
+        seed: int = 0,
+        ground_truth: bool = True,
+        **options: Any,
+    ):
         if isinstance(num, bool) or not isinstance(num, (int, np.integer)) or num <= 0:
             raise InputError(f"num must be a positive integer, got {num!r}")
         self.num = int(num)
@@ -662,21 +722,30 @@ class ShapesDataset(Dataset):
             counts = np.zeros(t_len, np.int64)
             for tb in c.all_bounce_times:
                 counts[min(t_len - 1, math.ceil(tb * c.fps - 1e-6))] += 1
-            item.update({
-                "labels": torch.from_numpy(labels(c.attributes, m)),
-                "positions": torch.from_numpy(pos),
-                "depth": torch.from_numpy(c.depth),
-                "flow": torch.from_numpy(c.flow),
-                "ids": torch.from_numpy(c.ids.astype(np.int64)),
-                "bounce_counts": torch.from_numpy(counts),
-                "attributes": json.dumps(c.attributes),
-            })
+            item.update(
+                {
+                    "labels": torch.from_numpy(labels(c.attributes, m)),
+                    "positions": torch.from_numpy(pos),
+                    "depth": torch.from_numpy(c.depth),
+                    "flow": torch.from_numpy(c.flow),
+                    "ids": torch.from_numpy(c.ids.astype(np.int64)),
+                    "bounce_counts": torch.from_numpy(counts),
+                    "attributes": json.dumps(c.attributes),
+                }
+            )
         return item
 
 
 # --------------------------------------------------------------------------------------- writer
-def write_shapes(out_dir: str | Path, num: int, config: ShapesConfig | None = None, *, seed: int = 0,
-                 progress: bool = False, **options: Any) -> Path:
+def write_shapes(
+    out_dir: str | Path,
+    num: int,
+    config: ShapesConfig | None = None,
+    *,
+    seed: int = 0,
+    progress: bool = False,
+    **options: Any,
+) -> Path:
     """Write `num` clips to `out_dir`; returns the manifest path.
 
     Layout: clips/NNNNNN.mp4 (H.264 + AAC audio), clips/NNNNNN.npz (ground truth: positions, depth,
@@ -707,18 +776,35 @@ def write_shapes(out_dir: str | Path, num: int, config: ShapesConfig | None = No
         bounce_t = [t for ts in c.bounce_times for t in ts]
         with atomic_path(out / f"{name}.npz") as tmp, open(tmp, "wb") as f:
             np.savez_compressed(
-                f, positions=c.positions, depth=c.depth.astype(np.float16), flow=c.flow.astype(np.float16),
-                ids=c.ids, bounce_times=np.asarray(bounce_t, np.float64),
+                f,
+                positions=c.positions,
+                depth=c.depth.astype(np.float16),
+                flow=c.flow.astype(np.float16),
+                ids=c.ids,
+                bounce_times=np.asarray(bounce_t, np.float64),
                 bounce_object=np.asarray(bounce_obj, np.int64),
                 labels=labels(c.attributes, len(c.attributes["objects"])),
             )
-        lines.append(json.dumps({
-            "path": f"{name}.mp4", "caption": c.caption, "attributes": c.attributes,
-            "ground_truth": f"{name}.npz", "index": i, "seed": seed, "frames": cfg.frames,
-            "fps": cfg.fps, "sample_rate": cfg.sample_rate, "size": cfg.size,
-        }))
-    atomic_write_text(out / "shapes.json", json.dumps({"seed": seed, "num": num, **dataclasses.asdict(cfg)},
-                                                       indent=2) + "\n")
+        lines.append(
+            json.dumps(
+                {
+                    "path": f"{name}.mp4",
+                    "caption": c.caption,
+                    "attributes": c.attributes,
+                    "ground_truth": f"{name}.npz",
+                    "index": i,
+                    "seed": seed,
+                    "frames": cfg.frames,
+                    "fps": cfg.fps,
+                    "sample_rate": cfg.sample_rate,
+                    "size": cfg.size,
+                }
+            )
+        )
+    atomic_write_text(
+        out / "shapes.json",
+        json.dumps({"seed": seed, "num": num, **dataclasses.asdict(cfg)}, indent=2) + "\n",
+    )
     manifest = out / "manifest.jsonl"
     atomic_write_text(manifest, "\n".join(lines) + "\n")
     return manifest
