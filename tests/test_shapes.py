@@ -157,6 +157,15 @@ def test_click_times_in_the_audio_match_the_bounce_times():
     assert checked >= 20
 
 
+def test_make_audio_is_the_clips_sound_track():
+    cfg = ShapesConfig(size=32, max_objects=3)
+    for index in range(4):
+        audio, caption = shapes.make_audio(cfg, seed=2, index=index)
+        clip = make_clip(cfg, seed=2, index=index)
+        np.testing.assert_array_equal(audio, clip.audio)
+        assert caption == clip.caption
+
+
 def test_audio_length_and_range():
     cfg = ShapesConfig(frames=9, fps=6.0, sample_rate=22050, size=32)
     clip = make_clip(cfg, 0, 0)

@@ -39,7 +39,8 @@ spans [-0.5, W-0.5]). Ground truth per clip (`ShapesClip`):
   bounce_times per object, seconds.
 depth, ids and flow are hard-edged: a pixel belongs to a layer where that layer's coverage >= 0.5.
 
-Entry points: `make_clip(config, seed, index)` (= `render(sample_spec(...))`), `ShapesDataset` (torch,
+Entry points: `make_clip(config, seed, index)` (= `render(sample_spec(...))`), `make_audio` (sound and
+caption only, no frames), `ShapesDataset` (torch,
 in memory, clip-dataset items + ground truth), `write_shapes(out_dir, num, ...)` (mp4 + npz +
 manifest.jsonl; the `videopoet data shapes` command), `parse_caption`, `tone_frequency`, and audio
 probes that read attributes back from sound (`dominant_frequency`, `nearest_tone`, `click_times`)
@@ -634,6 +635,13 @@ def parse_caption(caption: str) -> dict[str, Any]:
 def make_clip(config: ShapesConfig | None = None, seed: int = 0, index: int = 0) -> ShapesClip:
     """Sample and render clip `index` of generator `seed`."""
     return render(sample_spec(config or ShapesConfig(), seed, index))
+
+
+def make_audio(config: ShapesConfig | None = None, seed: int = 0, index: int = 0) -> tuple[np.ndarray, str]:
+    """Only the sound track (1, S) float32 and caption of clip `index` (no frames rendered): for audio work."""
+    spec = sample_spec(config or ShapesConfig(), seed, index)
+    _, bounces = object_motion(spec, 1)
+    return _audio(spec, bounces), caption_for(spec, bounces)
 
 
 def labels(attributes: dict[str, Any], max_objects: int) -> np.ndarray:
