@@ -39,10 +39,10 @@ spans [-0.5, W-0.5]). Ground truth per clip (`ShapesClip`):
   bounce_times per object, seconds.
 depth, ids and flow are hard-edged: a pixel belongs to a layer where that layer's coverage >= 0.5.
 
-Entry points: `make_clip(config, seed, index)` (= `render(sample_spec(...))`), `make_audio` (sound and
-caption only, no frames), `ShapesDataset` (torch,
-in memory, clip-dataset items + ground truth), `write_shapes(out_dir, num, ...)` (mp4 + npz +
-manifest.jsonl; the `videopoet data shapes` command), `parse_caption`, `tone_frequency`, and audio
+Entry points: `make_clip(config, seed, index)` (= `render(sample_spec(...))`), `make_audio` (sound
+and caption only, no frames), `ShapesDataset` (torch, in memory, clip-dataset items + ground truth),
+`write_shapes(out_dir, num, ...)` (mp4 + npz + manifest.jsonl; the `videopoet data shapes`
+command), `parse_caption`, `tone_frequency`, and audio
 probes that read attributes back from sound (`dominant_frequency`, `nearest_tone`, `click_times`)
 and from pictures (`colour_tracks`), to score generated clips.
 """
