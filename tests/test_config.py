@@ -101,6 +101,17 @@ def test_atomic_write_keeps_old_file_when_writer_fails(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["f.json"]  # no temp file left behind
 
 
+def test_atomic_write_gives_normal_file_mode(tmp_path):
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        save_json({"v": 1}, tmp_path / "f.json")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "f.json").stat().st_mode & 0o777 == 0o644
+
+
 def test_model_dir_round_trip_and_errors(tmp_path):
     m = torch.nn.Linear(3, 2)
     d = save_model_dir(tmp_path / "m", {"in": 3, "out": 2}, m.state_dict())
