@@ -45,6 +45,46 @@ def llama_like(model):
     return LlamaForCausalLM(lc).eval()
 
 
+def measure(ours, ref, vocab, B: int, args) -> dict[str, float]:
+    """Median tokens/s of each contender at batch B (repetitions interleaved)."""
+    V = vocab.size
+    ids = torch.randint(256, V, (B, args.prompt))
+    full = Prompt(ids, torch.ones_like(ids, dtype=torch.bool), torch.tensor([[0, V]] * args.new))
+    vis = Prompt(ids, full.key_valid, torch.tensor([list(vocab.visual_range())] * args.new))
+
+    def run_ref():
+        with torch.no_grad():
+            out = ref.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=args.new,
+                min_new_tokens=args.new,
+                do_sample=True,
+                top_k=0,
+                top_p=1.0,
+                temperature=1.0,
+                pad_token_id=0,
+                eos_token_id=None,
+            )
+        assert out.shape[1] == args.prompt + args.new
+
+    contenders = {
+        "ours": lambda: generate(ours, full, seed=0),
+        "ours+legal": lambda: generate(ours, vis, seed=0),
+        "transformers": run_ref,
+    }
+    if not args.no_nocache:
+        contenders["ours-nocache"] = lambda: generate(ours, full, seed=0, use_cache=False)
+    contenders["ours"](), contenders["transformers"]()  # warm-up (allocator, lazy imports)
+    times: dict[str, list[float]] = {k: [] for k in contenders}
+    for _ in range(args.reps):
+        for name, fn in contenders.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    return {k: B * args.new / statistics.median(v) for k, v in times.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="cpu")
@@ -53,62 +93,28 @@ def main() -> None:
     ap.add_argument("--new", type=int, default=128, help="tokens generated per row")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--no-nocache", action="store_true", help="skip our no-cache decoding (slowest)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)
     ours, vocab = build_lm(args.preset)
     ours.eval()
     ref = llama_like(ours)
     n_ours, n_ref = ours.num_params(), sum(p.numel() for p in ref.parameters())
-    print(f"preset {args.preset}: ours {n_ours / 1e6:.2f}M params, LlamaForCausalLM {n_ref / 1e6:.2f}M params")
+    print(
+        f"preset {args.preset}: ours {n_ours / 1e6:.2f}M params, LlamaForCausalLM {n_ref / 1e6:.2f}M params"
+    )
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, load {os.getloadavg()[0]:.2f}")
-    print(f"prompt {args.prompt} tokens, {args.new} new tokens per row, {args.reps} interleaved repetitions\n")
+    print(
+        f"prompt {args.prompt} tokens, {args.new} new tokens per row, {args.reps} interleaved repetitions\n"
+    )
 
-    V = vocab.size
     rows = []
     for B in args.batch:
-        ids = torch.randint(256, V, (B, args.prompt))
-        full = Prompt(ids, torch.ones_like(ids, dtype=torch.bool), torch.tensor([[0, V]] * args.new))
-        vis = Prompt(ids, full.key_valid, torch.tensor([list(vocab.visual_range())] * args.new))
-
-        def run_ours(prompt=full, cache=True):
-            return generate(ours, prompt, seed=0, use_cache=cache)
-
-        def run_ref():
-            with torch.no_grad():
-                out = ref.generate(
-                    input_ids=ids,
-                    attention_mask=torch.ones_like(ids),
-                    max_new_tokens=args.new,
-                    min_new_tokens=args.new,
-                    do_sample=True,
-                    top_k=0,
-                    top_p=1.0,
-                    temperature=1.0,
-                    pad_token_id=0,
-                    eos_token_id=None,
-                )
-            assert out.shape[1] == args.prompt + args.new
-            return out
-
-        contenders = {
-            "ours": run_ours,
-            "ours+legal": lambda: run_ours(vis),
-            "transformers": run_ref,
-        }
-        if not args.no_nocache:
-            contenders["ours-nocache"] = lambda: run_ours(full, cache=False)
-        for fn in contenders.values():  # warm-up (allocator, lazy imports)
-            _ = fn() if fn is not contenders.get("ours-nocache") else None
-        times: dict[str, list[float]] = {k: [] for k in contenders}
-        for _ in range(args.reps):
-            for name, fn in contenders.items():
-                t = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - t)
-        tps = {k: B * args.new / statistics.median(v) for k, v in times.items()}
-        for k in contenders:
-            rows.append((B, k, tps[k], tps[k] / tps["transformers"]))
+        tps = measure(ours, ref, vocab, B, args)
+        rows += [(B, k, t, t / tps["transformers"]) for k, t in tps.items()]
 
     print(f"{'batch':>5}  {'contender':<14} {'tokens/s':>10}  {'vs transformers':>15}")
     for B, k, t, r in rows:

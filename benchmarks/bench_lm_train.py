@@ -50,7 +50,10 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--prefix", type=int, default=64, help="prefix length (bidirectional, no loss)")
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)
     ours, vocab = build_lm(args.preset)
@@ -94,12 +97,16 @@ def main() -> None:
             times[name].append(time.perf_counter() - t)
     peak = max(peak, matmul_peak())
     flops_tok = ours.flops_per_token(T)  # identical shapes -> identical model FLOPs
-    print(f"fp32 matmul peak (1024^3, best): {peak / 1e9:.1f} GFLOP/s; model FLOPs/token {flops_tok / 1e6:.1f} M\n")
+    print(
+        f"fp32 matmul peak (1024^3, best): {peak / 1e9:.1f} GFLOP/s; model FLOPs/token {flops_tok / 1e6:.1f} M\n"
+    )
     print(f"{'contender':<14} {'step s':>8} {'tokens/s':>10} {'MFU':>7} {'vs transformers':>16}")
     med = {k: statistics.median(v) for k, v in times.items()}
     for k in times:
         tps = B * T / med[k]
-        print(f"{k:<14} {med[k]:>8.3f} {tps:>10.0f} {flops_tok * tps / peak:>7.1%} {med['transformers'] / med[k]:>15.2f}x")
+        print(
+            f"{k:<14} {med[k]:>8.3f} {tps:>10.0f} {flops_tok * tps / peak:>7.1%} {med['transformers'] / med[k]:>15.2f}x"
+        )
     print(f"\nload after: {os.getloadavg()[0]:.2f}")
 
 
