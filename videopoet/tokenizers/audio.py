@@ -1,0 +1,471 @@
+"""Audio tokenizer: an EnCodec/SoundStream residual-VQ codec built on `transformers.EncodecModel`.
+
+Design choices
+- The network is Hugging Face's `EncodecModel` (SEANet encoder/decoder + LSTM + residual VQ), so the
+  official 24 kHz EnCodec weights load from a local directory (`from_pretrained` detects a
+  config.json whose model_type is "encodec"). Our config maps onto `EncodecConfig` one to one.
+- Mono only. `encode` takes (B, C, S) in [-1, 1]; C > 1 is mixed down to mono (mean) — documented
+  behaviour, not an error. Resampling and clipping happen when loading files (`prepare_waveform`).
+- Frames: T = S // hop (hop = product of the strides). A trailing partial frame (< hop samples) is
+  dropped, so 2.125 s at 16 kHz with hop 320 gives 106 frames (VideoPoet's 106 x 4 = 424 tokens);
+  `decode` returns exactly T * hop samples.
+- Codes are (B, L, T): L residual levels, each in [0, codebook_size). For the LM they are flattened
+  level-major (all of level 0, then level 1, ...): `flatten_codes` / `unflatten_codes`, and
+  `codes_to_tokens` / `tokens_to_codes` add / remove the per-level offset l * codebook_size so that
+  token ids fill [0, vocab_size) with vocab_size = L * codebook_size (DESIGN.md's audio range).
+- RVQ is a prefix code: `decode` accepts the first L' <= L levels (lower bitrate).
+- The model is pure. Training pieces live elsewhere: `quantize` returns straight-through latents,
+  codes, per-level residuals and the commitment loss, and changes no state; EMA codebook updates,
+  k-means initialisation and dead-code reset are done by the training loop (audio_train.py) on the
+  codebook buffers (`codebooks()`), which are the ones `EncodecModel` stores.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from videopoet.errors import ConfigError, InputError, NotAvailableError, VideoPoetError
+from videopoet.tokenizers.base import Tokenizer
+
+
+# ------------------------------------------------------------------------------------------ config
+@dataclass
+class AudioTokenizerConfig:
+    """Residual-VQ codec. Field names follow EnCodec; `strides` are the encoder's, in order."""
+
+    sample_rate: int = 16000
+    strides: tuple[int, ...] = (2, 4, 5, 8)  # hop = 320 -> 50 frames/s at 16 kHz
+    num_levels: int = 4  # residual VQ levels (L)
+    codebook_size: int = 1024  # codes per level (A), a power of two
+    hidden_size: int = 128  # latent channels
+    codebook_dim: int | None = None  # defaults to hidden_size (EncodecModel requires equality)
+    num_filters: int = 32
+    num_residual_layers: int = 1
+    num_lstm_layers: int = 2
+    kernel_size: int = 7
+    last_kernel_size: int = 7
+    residual_kernel_size: int = 3
+    dilation_growth_rate: int = 2
+    compress: int = 2
+    causal: bool = True
+    pad_mode: str = "reflect"
+    norm_type: Literal["weight_norm", "time_group_norm"] = "weight_norm"
+    use_conv_shortcut: bool = True
+
+    def __post_init__(self) -> None:
+        self.strides = tuple(int(s) for s in self.strides)
+        if self.sample_rate < 1000:
+            raise ConfigError(f"sample_rate: expected >= 1000 Hz, got {self.sample_rate}")
+        if not self.strides or any(s < 1 for s in self.strides):
+            raise ConfigError(f"strides: expected positive integers, got {list(self.strides)}")
+        if self.num_levels < 1:
+            raise ConfigError(f"num_levels: expected >= 1, got {self.num_levels}")
+        if self.codebook_size < 2 or self.codebook_size & (self.codebook_size - 1):
+            raise ConfigError(f"codebook_size: expected a power of two >= 2, got {self.codebook_size}")
+        if self.codebook_dim is None:
+            self.codebook_dim = self.hidden_size
+        if self.codebook_dim != self.hidden_size:
+            raise ConfigError(f"codebook_dim: must equal hidden_size ({self.hidden_size}) for EncodecModel")
+        for name in ("hidden_size", "num_filters", "num_residual_layers", "num_lstm_layers", "compress"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: expected >= 1, got {getattr(self, name)}")
+        if self.num_filters % self.compress:
+            raise ConfigError(f"num_filters ({self.num_filters}) must be divisible by compress ({self.compress})")
+        if self.pad_mode not in ("reflect", "constant", "replicate"):
+            raise ConfigError(f"pad_mode: expected reflect/constant/replicate, got {self.pad_mode!r}")
+
+    @property
+    def hop_length(self) -> int:
+        return int(np.prod(self.strides))
+
+    @property
+    def frame_rate(self) -> float:
+        return self.sample_rate / self.hop_length
+
+    @property
+    def bits_per_second(self) -> float:
+        return self.frame_rate * self.num_levels * math.log2(self.codebook_size)
+
+    def to_hf(self):
+        """The equivalent `transformers.EncodecConfig` (its quantizer count equals num_levels)."""
+        from transformers import EncodecConfig
+
+        hf_frame_rate = math.ceil(self.sample_rate / self.hop_length)
+        nbits = int(math.log2(self.codebook_size))
+        # num_quantizers = floor(1000 * bw / (frame_rate * nbits)); +0.5 level keeps it exact
+        bandwidth = (self.num_levels + 0.5) * hf_frame_rate * nbits / 1000.0
+        hf = EncodecConfig(
+            target_bandwidths=[bandwidth],
+            sampling_rate=self.sample_rate,
+            audio_channels=1,
+            normalize=False,
+            hidden_size=self.hidden_size,
+            num_filters=self.num_filters,
+            num_residual_layers=self.num_residual_layers,
+            upsampling_ratios=list(reversed(self.strides)),
+            norm_type=self.norm_type,
+            kernel_size=self.kernel_size,
+            last_kernel_size=self.last_kernel_size,
+            residual_kernel_size=self.residual_kernel_size,
+            dilation_growth_rate=self.dilation_growth_rate,
+            use_causal_conv=self.causal,
+            pad_mode=self.pad_mode,
+            compress=self.compress,
+            num_lstm_layers=self.num_lstm_layers,
+            codebook_size=self.codebook_size,
+            codebook_dim=self.codebook_dim,
+            use_conv_shortcut=self.use_conv_shortcut,
+        )
+        assert hf.num_quantizers == self.num_levels, (hf.num_quantizers, self.num_levels)
+        return hf
+
+    @classmethod
+    def from_hf(cls, hf, num_levels: int | None = None) -> AudioTokenizerConfig:
+        """Our config for an official `EncodecConfig` (mono, unnormalised, unchunked models only)."""
+        if hf.audio_channels != 1 or hf.normalize or hf.chunk_length_s is not None:
+            raise NotAvailableError(
+                "only mono, unnormalised, unchunked EnCodec checkpoints (e.g. the 24 kHz one) are supported; "
+                f"this one has audio_channels={hf.audio_channels}, normalize={hf.normalize}, "
+                f"chunk_length_s={hf.chunk_length_s}"
+            )
+        available = hf.num_quantizers
+        levels = available if num_levels is None else num_levels
+        if not 1 <= levels <= available:
+            raise InputError(f"num_levels: the checkpoint has {available} levels, asked for {levels}")
+        return cls(
+            sample_rate=hf.sampling_rate,
+            strides=tuple(reversed(hf.upsampling_ratios)),
+            num_levels=levels,
+            codebook_size=hf.codebook_size,
+            hidden_size=hf.hidden_size,
+            codebook_dim=hf.codebook_dim,
+            num_filters=hf.num_filters,
+            num_residual_layers=hf.num_residual_layers,
+            num_lstm_layers=hf.num_lstm_layers,
+            kernel_size=hf.kernel_size,
+            last_kernel_size=hf.last_kernel_size,
+            residual_kernel_size=hf.residual_kernel_size,
+            dilation_growth_rate=hf.dilation_growth_rate,
+            compress=hf.compress,
+            causal=hf.use_causal_conv,
+            pad_mode=hf.pad_mode,
+            norm_type=hf.norm_type,
+            use_conv_shortcut=hf.use_conv_shortcut,
+        )
+
+
+# ------------------------------------------------------------------------------- flattening (LM)
+def flatten_codes(codes: torch.Tensor) -> torch.Tensor:
+    """(B, L, T) -> (B, L*T), level-major: all of level 0, then level 1, ..."""
+    if codes.dim() != 3:
+        raise InputError(f"codes: expected (B, L, T), got shape {tuple(codes.shape)}")
+    return codes.reshape(codes.shape[0], -1)
+
+
+def unflatten_codes(flat: torch.Tensor, num_levels: int) -> torch.Tensor:
+    """Exact inverse of `flatten_codes`: (B, L*T) -> (B, L, T)."""
+    if flat.dim() != 2:
+        raise InputError(f"codes: expected flat (B, L*T), got shape {tuple(flat.shape)}")
+    if flat.shape[1] % num_levels:
+        raise InputError(f"codes: length {flat.shape[1]} is not a multiple of num_levels={num_levels}")
+    return flat.reshape(flat.shape[0], num_levels, -1)
+
+
+def codes_to_tokens(codes: torch.Tensor, codebook_size: int) -> torch.Tensor:
+    """(B, L, T) codes -> (B, L*T) token ids in [0, L*A): level l is offset by l*A, level-major."""
+    levels = torch.arange(codes.shape[1], device=codes.device).view(1, -1, 1)
+    return flatten_codes(codes + levels * codebook_size)
+
+
+def tokens_to_codes(tokens: torch.Tensor, num_levels: int, codebook_size: int) -> torch.Tensor:
+    """Exact inverse of `codes_to_tokens`; a token outside its level's range raises InputError."""
+    codes = unflatten_codes(tokens, num_levels)
+    levels = torch.arange(num_levels, device=codes.device).view(1, -1, 1)
+    codes = codes - levels * codebook_size
+    bad = (codes < 0) | (codes >= codebook_size)
+    if bool(bad.any()):
+        b, level, t = (int(i) for i in bad.nonzero()[0])
+        raise InputError(
+            f"tokens: position {level * codes.shape[2] + t} of item {b} holds {int(tokens[b, level * codes.shape[2] + t])}, "
+            f"outside level {level}'s range [{level * codebook_size}, {(level + 1) * codebook_size})"
+        )
+    return codes
+
+
+class QuantizedLatents(NamedTuple):
+    latents: torch.Tensor  # (B, D, T) quantized, straight-through gradient to the encoder
+    codes: torch.Tensor  # (B, L, T)
+    residuals: list[torch.Tensor]  # L x (B, D, T), each level's input, detached (for EMA / dead codes)
+    commit_loss: torch.Tensor  # scalar: sum over levels of mean ||residual - sg(code)||^2
+
+
+# ---------------------------------------------------------------------------------------- model
+class AudioTokenizer(Tokenizer):
+    config_class = AudioTokenizerConfig
+    kind = "audio"
+
+    def __init__(self, config: AudioTokenizerConfig):
+        super().__init__(config)
+        from transformers import EncodecModel
+        from transformers.utils import logging as hf_logging
+
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            self.model = EncodecModel(config.to_hf())
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        self._init_fresh_weights()
+        # EncodecModel zero-initialises its codebooks; random codes make an untrained model usable
+        # (distinct codes) and the trainer re-initialises them from data (k-means) while inited == 0.
+        for cb in self.codebooks():
+            cb.embed.normal_()
+            cb.embed_avg.copy_(cb.embed)
+            cb.cluster_size.fill_(1.0)
+            cb.inited.fill_(0.0)
+
+    @torch.no_grad()
+    def _init_fresh_weights(self) -> None:
+        """Variance-preserving init for a model trained from scratch (loading overwrites it).
+
+        EncodecModel's init leaves weight-normed convs at PyTorch's default gain (~0.58 per layer),
+        so latents come out ~1e-3 in size and dominated by a constant offset; the first optimizer
+        steps then move that offset by more than the latents vary over time and every frame falls on
+        one code. Here each conv's effective weight is N(0, 1/fan_in) and encoder biases start at 0,
+        which gives latents of order 0.1 whose spread exceeds the per-step drift.
+        """
+        for part in (self.model.encoder, self.model.decoder):
+            for m in part.modules():
+                if not isinstance(m, (nn.Conv1d, nn.ConvTranspose1d)):
+                    continue
+                wn = getattr(getattr(m, "parametrizations", None), "weight", None)
+                v = wn.original1 if wn is not None else m.weight
+                fan_in = v.shape[0] * v.shape[2] if isinstance(m, nn.ConvTranspose1d) else v[0].numel()
+                v.normal_(0.0, 1.0 / math.sqrt(fan_in))
+                if wn is not None:  # weight = g * v / ||v|| with g = ||v||: weight = v
+                    wn.original0.copy_(v.norm(dim=list(range(1, v.dim())), keepdim=True))
+        for m in self.model.encoder.modules():
+            for name, p in m.named_parameters(recurse=False):
+                if name.startswith("bias"):
+                    p.zero_()
+
+    # ---- sizes ---------------------------------------------------------------------------------
+    @property
+    def hop_length(self) -> int:
+        return self.config.hop_length
+
+    @property
+    def sample_rate(self) -> int:
+        return self.config.sample_rate
+
+    @property
+    def num_levels(self) -> int:
+        return self.config.num_levels
+
+    @property
+    def codebook_size(self) -> int:
+        return self.config.codebook_size
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.num_levels * self.config.codebook_size
+
+    def num_frames(self, num_samples: int) -> int:
+        return num_samples // self.hop_length
+
+    def token_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """(C, S) -> (L, S // hop)."""
+        return (self.num_levels, self.num_frames(int(input_shape[-1])))
+
+    def codebooks(self) -> list[nn.Module]:
+        """The per-level `EncodecEuclideanCodebook`s (buffers: embed, embed_avg, cluster_size, inited)."""
+        return [layer.codebook for layer in self.model.quantizer.layers]
+
+    # ---- checks --------------------------------------------------------------------------------
+    def check_audio(self, audio: torch.Tensor, name: str = "audio") -> torch.Tensor:
+        """Validate (B, C, S) audio in [-1, 1]; returns mono (B, 1, T*hop) float (trailing partial frame dropped)."""
+        if not isinstance(audio, torch.Tensor):
+            raise InputError(f"{name}: expected a torch.Tensor, got {type(audio).__name__}")
+        if audio.dim() != 3:
+            raise InputError(f"{name}: expected shape (B, C, S), got {tuple(audio.shape)}")
+        if not audio.dtype.is_floating_point:
+            raise InputError(f"{name}: expected floating-point samples in [-1, 1], got {audio.dtype}")
+        if audio.shape[0] == 0 or audio.shape[1] == 0:
+            raise InputError(f"{name}: empty batch or no channels, shape {tuple(audio.shape)}")
+        if audio.shape[-1] < self.hop_length:
+            raise InputError(
+                f"{name}: {audio.shape[-1]} samples is shorter than one frame ({self.hop_length} samples "
+                f"= {1000 * self.hop_length / self.sample_rate:.1f} ms at {self.sample_rate} Hz)"
+            )
+        if not bool(torch.isfinite(audio).all()):
+            raise InputError(f"{name}: contains NaN or Inf samples")
+        peak = float(audio.abs().max())
+        if peak > 1.0 + 1e-4:
+            raise InputError(
+                f"{name}: samples must be in [-1, 1], peak is {peak:.3f} (normalise or clip; "
+                "prepare_waveform clips and warns)"
+            )
+        if audio.shape[1] > 1:  # documented: multichannel input is mixed down to mono
+            audio = audio.mean(dim=1, keepdim=True)
+        frames = self.num_frames(audio.shape[-1])
+        return audio[..., : frames * self.hop_length].float()
+
+    def check_audio_codes(self, codes: torch.Tensor) -> None:
+        if codes.dim() != 3:
+            raise InputError(f"codes: expected (B, L, T), got shape {tuple(codes.shape)}")
+        if not 1 <= codes.shape[1] <= self.num_levels:
+            raise InputError(f"codes: {codes.shape[1]} levels given, this codec has 1..{self.num_levels}")
+        if codes.shape[2] == 0:
+            raise InputError("codes: zero frames")
+        self.check_codes(codes, self.codebook_size)
+
+    # ---- the interface -------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, audio: torch.Tensor) -> torch.Tensor:
+        """(B, C, S) float in [-1, 1] -> (B, L, S // hop) LongTensor codes."""
+        audio = self.check_audio(audio)
+        z = self.model.encoder(audio)  # (B, D, T)
+        codes = self.model.quantizer.encode(z)  # (L, B, T)
+        return codes.transpose(0, 1).contiguous()
+
+    @torch.no_grad()
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """(B, L', T) codes, L' <= L levels -> (B, 1, T * hop) float audio clamped to [-1, 1]."""
+        self.check_audio_codes(codes)
+        z = self.model.quantizer.decode(codes.transpose(0, 1).long())  # (B, D, T)
+        return self.model.decoder(z).clamp(-1.0, 1.0)
+
+    # ---- training path (pure: no state changes) ---------------------------------------------------
+    def encode_latents(self, audio: torch.Tensor) -> torch.Tensor:
+        """(B, 1, S) -> continuous latents (B, D, S // hop), with gradients."""
+        return self.model.encoder(audio)
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """(B, D, T) -> (B, 1, T * hop), unclamped, with gradients."""
+        return self.model.decoder(latents)
+
+    def quantize(self, z: torch.Tensor) -> QuantizedLatents:
+        """Residual VQ of (B, D, T) latents with a straight-through estimator and commitment loss."""
+        residual = z
+        quantized = torch.zeros_like(z)
+        codes, residuals = [], []
+        commit = z.new_zeros(())
+        for cb in self.codebooks():
+            r = residual.detach()
+            flat = r.transpose(1, 2).reshape(-1, r.shape[1])  # (B*T, D)
+            embed = cb.embed  # (A, D)
+            dist = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ embed.t() + embed.pow(2).sum(1)[None]
+            idx = dist.argmin(dim=1).view(r.shape[0], r.shape[2])  # (B, T)
+            q = F.embedding(idx, embed).transpose(1, 2)  # (B, D, T)
+            commit = commit + F.mse_loss(residual, q.detach())
+            residuals.append(r)
+            codes.append(idx)
+            quantized = quantized + q.detach()
+            residual = residual - q.detach()
+        latents = z + (quantized - z).detach()  # straight-through: one STE over the whole RVQ
+        return QuantizedLatents(latents, torch.stack(codes, dim=1), residuals, commit)
+
+    def autoencode(self, audio: torch.Tensor) -> torch.Tensor:
+        """(B, 1, S) -> reconstruction without quantization (the trainer's warm-up before k-means init)."""
+        return self.decode_latents(self.encode_latents(audio))
+
+    def forward(self, audio: torch.Tensor) -> tuple[torch.Tensor, QuantizedLatents]:
+        """Training forward: (B, 1, S) -> (reconstruction (B, 1, S'), quantizer outputs)."""
+        q = self.quantize(self.encode_latents(audio))
+        return self.decode_latents(q.latents), q
+
+    # ---- loading -------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls,
+        directory: str | Path,
+        map_location: str | torch.device = "cpu",
+        num_levels: int | None = None,
+    ) -> AudioTokenizer:
+        """Load our directory, or an official Hugging Face EnCodec directory (config.json with
+        model_type "encodec", e.g. a local copy of the 24 kHz model). For the latter, `num_levels`
+        keeps the first levels (default: all the checkpoint has; 24 kHz: 8 levels = 6 kbps)."""
+        d = Path(directory)
+        cfg_file = d / "config.json"
+        if cfg_file.is_file():
+            try:
+                model_type = json.loads(cfg_file.read_text()).get("model_type")
+            except (json.JSONDecodeError, AttributeError):
+                model_type = None
+            if model_type == "encodec":
+                return cls._from_hf_dir(d, num_levels).to(map_location).eval()
+        if num_levels is not None:
+            raise InputError("num_levels: only applies when loading an official EnCodec directory")
+        return super().from_pretrained(d, map_location)
+
+    @classmethod
+    def _from_hf_dir(cls, d: Path, num_levels: int | None) -> AudioTokenizer:
+        from transformers import EncodecModel
+
+        try:
+            hf_model = EncodecModel.from_pretrained(str(d), local_files_only=True)
+        except (OSError, ValueError) as e:
+            raise VideoPoetError(f"{d}: cannot load the EnCodec checkpoint ({e})") from None
+        config = AudioTokenizerConfig.from_hf(hf_model.config, num_levels)
+        tok = cls(config)
+        state = {}
+        for k, v in hf_model.state_dict().items():
+            if k.startswith("quantizer.layers."):
+                if int(k.split(".")[2]) >= config.num_levels:
+                    continue
+            state["model." + k] = v
+        own = tok.state_dict()
+        missing = sorted(set(own) - set(state))
+        if missing:
+            raise VideoPoetError(f"{d}: EnCodec weights are missing {missing[:5]}")
+        tok.load_state_dict({k: state[k] for k in own}, strict=True)
+        for cb in tok.codebooks():
+            cb.inited.fill_(1.0)
+        return tok
+
+
+# ------------------------------------------------------------------------------------ file input
+def prepare_waveform(
+    audio: np.ndarray | torch.Tensor, sample_rate: int, target_rate: int, name: str = "audio"
+) -> tuple[torch.Tensor, list[str]]:
+    """Any (S,) or (C, S) waveform -> (1, S') float32 mono at `target_rate`, in [-1, 1].
+
+    Documented behaviour (each returns a note, never silently): C > 1 channels are averaged to mono;
+    another sample rate is resampled; samples beyond [-1, 1] are clipped. Empty input and NaN/Inf
+    raise InputError. Silent audio is valid.
+    """
+    from videopoet.data.media import resample_audio
+
+    x = torch.as_tensor(np.asarray(audio, dtype=np.float32) if not isinstance(audio, torch.Tensor) else audio)
+    x = x.float()
+    notes: list[str] = []
+    if x.dim() == 1:
+        x = x[None]
+    if x.dim() != 2:
+        raise InputError(f"{name}: expected (S,) or (C, S) samples, got shape {tuple(x.shape)}")
+    if x.shape[-1] == 0 or x.shape[0] == 0:
+        raise InputError(f"{name}: empty (no samples)")
+    if not bool(torch.isfinite(x).all()):
+        raise InputError(f"{name}: contains NaN or Inf samples")
+    if x.shape[0] > 1:
+        notes.append(f"{name}: {x.shape[0]} channels mixed down to mono")
+        x = x.mean(dim=0, keepdim=True)
+    if sample_rate != target_rate:
+        notes.append(f"{name}: resampled {sample_rate} Hz -> {target_rate} Hz")
+        x = torch.as_tensor(np.asarray(resample_audio(x.numpy(), sample_rate, target_rate), dtype=np.float32))
+        if x.dim() == 1:
+            x = x[None]
+    peak = float(x.abs().max())
+    if peak > 1.0:
+        notes.append(f"{name}: peak {peak:.3f} > 1, clipped to [-1, 1]")
+        x = x.clamp(-1.0, 1.0)
+    return x.contiguous(), notes

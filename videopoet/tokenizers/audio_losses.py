@@ -1,0 +1,178 @@
+"""Losses and the discriminator for training the audio codec (pure modules, no state changes).
+
+EnCodec's recipe (Défossez et al. 2022), which upstream never released as training code:
+- reconstruction: time-domain L1, multi-scale mel loss (windows 2^5..2^11 at 24 kHz; scaled here to
+  the codec's sample rate), plus a multi-resolution STFT loss (spectral convergence + log magnitude);
+- adversarial: a multi-scale STFT discriminator (MS-STFTD) on complex spectrograms (real and
+  imaginary parts as two channels), hinge losses, and an L1 feature-matching loss normalised by the
+  mean magnitude of the real features;
+- the commitment loss comes from the quantizer (`AudioTokenizer.quantize`).
+
+Mel filterbanks are built here (HTK mel scale, triangular filters) so no audio library is needed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_weight_norm = getattr(nn.utils.parametrizations, "weight_norm", nn.utils.weight_norm)
+
+
+# ----------------------------------------------------------------------------------- spectrogram
+def hz_to_mel(f: torch.Tensor) -> torch.Tensor:
+    return 2595.0 * torch.log10(1.0 + f / 700.0)
+
+
+def mel_to_hz(m: torch.Tensor) -> torch.Tensor:
+    return 700.0 * (10.0 ** (m / 2595.0) - 1.0)
+
+
+def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float = 0.0, fmax: float | None = None) -> torch.Tensor:
+    """(n_mels, n_fft // 2 + 1) triangular filters on the HTK mel scale, each normalised to unit area
+    in mel (Slaney-style), so levels are comparable across window sizes."""
+    fmax = sample_rate / 2 if fmax is None else fmax
+    freqs = torch.linspace(0, sample_rate / 2, n_fft // 2 + 1, dtype=torch.float64)
+    mels = torch.linspace(hz_to_mel(torch.tensor(fmin)).item(), hz_to_mel(torch.tensor(fmax)).item(), n_mels + 2,
+                          dtype=torch.float64)
+    edges = mel_to_hz(mels)
+    lower, center, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+    up = (freqs[None] - lower) / (center - lower)
+    down = (upper - freqs[None]) / (upper - center)
+    fb = torch.clamp(torch.minimum(up, down), min=0.0)
+    fb = fb * (2.0 / (upper - lower))  # Slaney normalisation: constant energy per filter
+    return fb.float()
+
+
+def stft(x: torch.Tensor, n_fft: int, hop: int, win: int | None = None) -> torch.Tensor:
+    """(B, 1, S) or (B, S) -> complex (B, n_fft // 2 + 1, frames), Hann window, centred."""
+    x = x.reshape(-1, x.shape[-1])
+    win = n_fft if win is None else win
+    window = torch.hann_window(win, device=x.device, dtype=x.dtype)
+    return torch.stft(x, n_fft, hop_length=hop, win_length=win, window=window, center=True,
+                      pad_mode="reflect" if x.shape[-1] > n_fft // 2 else "constant", return_complex=True)
+
+
+def magnitude(spec: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    return (spec.real.pow(2) + spec.imag.pow(2) + eps).sqrt()
+
+
+class MelSpectrogram(nn.Module):
+    """(B, 1, S) -> (B, n_mels, frames) mel magnitudes."""
+
+    def __init__(self, sample_rate: int, n_fft: int, hop: int, n_mels: int):
+        super().__init__()
+        self.n_fft, self.hop = n_fft, hop
+        self.register_buffer("fb", mel_filterbank(sample_rate, n_fft, n_mels), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fb @ magnitude(stft(x, self.n_fft, self.hop))
+
+
+# ----------------------------------------------------------------------------------------- losses
+class MultiScaleMelLoss(nn.Module):
+    """Sum over window sizes 2^i (i in [min_exp, max_exp]) of L1(mel) + L1(log mel), hop = window/4.
+
+    EnCodec uses i = 5..11 at 24 kHz; the number of mel bins is capped by the window size.
+    """
+
+    def __init__(self, sample_rate: int, min_exp: int = 5, max_exp: int = 11, n_mels: int = 64):
+        super().__init__()
+        self.mels = nn.ModuleList(
+            MelSpectrogram(sample_rate, 2**i, max(2**i // 4, 1), min(n_mels, 2 ** (i - 1)))
+            for i in range(min_exp, max_exp + 1)
+        )
+
+    def forward(self, x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        loss = x.new_zeros(())
+        for mel in self.mels:
+            a, b = mel(x_hat), mel(x)
+            loss = loss + F.l1_loss(a, b) + F.l1_loss(torch.log(a.clamp_min(1e-5)), torch.log(b.clamp_min(1e-5)))
+        return loss / len(self.mels)
+
+
+class MultiResolutionSTFTLoss(nn.Module):
+    """Mean over resolutions of spectral convergence + L1 of log magnitudes (Parallel WaveGAN)."""
+
+    def __init__(self, fft_sizes: tuple[int, ...] = (256, 512, 1024)):
+        super().__init__()
+        self.fft_sizes = tuple(fft_sizes)
+
+    def forward(self, x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        loss = x.new_zeros(())
+        for n in self.fft_sizes:
+            a, b = magnitude(stft(x_hat, n, n // 4)), magnitude(stft(x, n, n // 4))
+            sc = torch.linalg.norm(b - a) / torch.linalg.norm(b).clamp_min(1e-7)
+            loss = loss + sc + F.l1_loss(torch.log(a), torch.log(b))
+        return loss / len(self.fft_sizes)
+
+
+def hinge_discriminator_loss(real_logits: list[torch.Tensor], fake_logits: list[torch.Tensor]) -> torch.Tensor:
+    loss = real_logits[0].new_zeros(())
+    for r, f in zip(real_logits, fake_logits, strict=False):
+        loss = loss + F.relu(1 - r).mean() + F.relu(1 + f).mean()
+    return loss / len(real_logits)
+
+
+def hinge_generator_loss(fake_logits: list[torch.Tensor]) -> torch.Tensor:
+    return sum(F.relu(1 - f).mean() for f in fake_logits) / len(fake_logits)
+
+
+def feature_matching_loss(real_feats: list[list[torch.Tensor]], fake_feats: list[list[torch.Tensor]]) -> torch.Tensor:
+    """Mean over discriminators and layers of |f_real - f_fake|_1 / mean |f_real| (EnCodec's L_feat)."""
+    terms = []
+    for rs, fs in zip(real_feats, fake_feats, strict=False):
+        for r, f in zip(rs, fs, strict=False):
+            r = r.detach()
+            terms.append(F.l1_loss(f, r) / r.abs().mean().clamp_min(1e-5))
+    return torch.stack(terms).mean()
+
+
+# ---------------------------------------------------------------------------------- discriminator
+class STFTDiscriminator(nn.Module):
+    """One scale of MS-STFTD: complex STFT (2 channels) -> 2D convs, dilated in time, strided in frequency."""
+
+    def __init__(self, n_fft: int, channels: int = 32, dilations: tuple[int, ...] = (1, 2, 4)):
+        super().__init__()
+        self.n_fft, self.hop = n_fft, n_fft // 4
+        convs = [_weight_norm(nn.Conv2d(2, channels, (3, 9), padding=(1, 4)))]
+        for d in dilations:  # input layout (B, C, T, F): dilate time, stride frequency by 2
+            convs.append(_weight_norm(nn.Conv2d(channels, channels, (3, 9), stride=(1, 2), dilation=(d, 1),
+                                                padding=(d, 4))))
+        convs.append(_weight_norm(nn.Conv2d(channels, channels, (3, 3), padding=(1, 1))))
+        self.convs = nn.ModuleList(convs)
+        self.out = _weight_norm(nn.Conv2d(channels, 1, (3, 3), padding=(1, 1)))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        spec = stft(x, self.n_fft, self.hop)  # (B, F, T) complex
+        h = torch.stack([spec.real, spec.imag], dim=1).transpose(2, 3)  # (B, 2, T, F)
+        feats = []
+        for conv in self.convs:
+            h = F.leaky_relu(conv(h), 0.2)
+            feats.append(h)
+        return self.out(h), feats
+
+
+class MultiScaleSTFTDiscriminator(nn.Module):
+    """MS-STFTD: one STFTDiscriminator per FFT size. forward -> (logits per scale, features per scale)."""
+
+    def __init__(self, fft_sizes: tuple[int, ...] = (1024, 512, 256), channels: int = 32):
+        super().__init__()
+        self.discs = nn.ModuleList(STFTDiscriminator(n, channels) for n in fft_sizes)
+
+    def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[list[torch.Tensor]]]:
+        logits, feats = [], []
+        for d in self.discs:
+            lg, fs = d(x)
+            logits.append(lg)
+            feats.append(fs)
+        return logits, feats
+
+
+def scaled_mel_exponents(sample_rate: int) -> tuple[int, int]:
+    """EnCodec's window range 2^5..2^11 at 24 kHz, shifted to keep the same durations at `sample_rate`."""
+    shift = round(math.log2(sample_rate / 24000))
+    return max(5 + shift, 3), max(11 + shift, 5)
