@@ -58,11 +58,11 @@ def test_resume_is_exact_and_checkpoints_are_safetensors_dirs(tmp_path):
     c = TokenizerTrainer(cfg, tmp_path / "b")
     c.fit(resume=True)
     assert c.step == 4
-    for (k, va), vc in zip(a.model.state_dict().items(), c.model.state_dict().values()):
+    for (k, va), vc in zip(a.model.state_dict().items(), c.model.state_dict().values(), strict=True):
         assert torch.equal(va, vc), k
-    for va, vc in zip(a.disc.state_dict().values(), c.disc.state_dict().values()):
+    for va, vc in zip(a.disc.state_dict().values(), c.disc.state_dict().values(), strict=True):
         assert torch.equal(va, vc)
-    for va, vc in zip(a.ema.state_dict().values(), c.ema.state_dict().values()):
+    for va, vc in zip(a.ema.state_dict().values(), c.ema.state_dict().values(), strict=True):
         assert torch.equal(va, vc)
     assert torch.equal(a.lecam.ema_real, c.lecam.ema_real)
     ck = sorted((tmp_path / "a" / "checkpoints").glob("step_*"))
@@ -142,3 +142,35 @@ def test_evaluate_reports_tokenizer_and_bicubic_on_the_same_frames():
     assert 0 < res["tokenizer"]["usage"] <= 1
     smooth = torch.linspace(-1, 1, 32).view(1, 1, 1, 1, 32).expand(1, 3, 2, 32, 32)
     assert psnr(smooth, bicubic_baseline(smooth)) > 35  # a linear ramp survives 4x bicubic
+
+
+def test_perceptual_loss_only_with_user_weights(tmp_path):
+    from safetensors.torch import save_file
+    from torch import nn
+
+    from videopoet.errors import NotAvailableError
+    from videopoet.tokenizers.video_losses import _VGG16, PerceptualLoss
+
+    with pytest.raises(NotAvailableError, match="not found"):
+        PerceptualLoss(str(tmp_path / "missing.safetensors"))
+    layers, cin = [], 3
+    for v in _VGG16:  # random VGG16 features with torchvision's names (features.N.weight)
+        if v == "M":
+            layers.append(nn.MaxPool2d(2))
+        else:
+            layers += [nn.Conv2d(cin, v, 3, padding=1), nn.ReLU()]
+            cin = v
+    path = tmp_path / "vgg.safetensors"
+    save_file({f"features.{k}": v for k, v in nn.Sequential(*layers).state_dict().items()}, str(path))
+    loss = PerceptualLoss(str(path))
+    x = torch.rand(1, 3, 2, 32, 32) * 2 - 1
+    assert float(loss(x, x)) == 0 and float(loss(x, x.flip(-1))) > 0
+    assert not any(p.requires_grad for p in loss.parameters())
+
+
+def test_adaptive_gan_weight_balances_gradients():
+    from videopoet.tokenizers.video_losses import adaptive_weight
+
+    w = torch.ones(3, requires_grad=True)
+    rec, gan = (w * 4).sum(), (w * 2).sum()
+    assert float(adaptive_weight(rec, gan, w)) == pytest.approx(2.0, rel=1e-3)

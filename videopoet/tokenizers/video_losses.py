@@ -193,7 +193,7 @@ class PerceptualLoss(nn.Module):
         """x, y: (B, 3, T, H, W) in [-1, 1] -> mean distance."""
         flat = lambda v: v.transpose(1, 2).flatten(0, 1)  # noqa: E731
         total = x.new_zeros(())
-        for i, (a, b) in enumerate(zip(self._taps(flat(x)), self._taps(flat(y)))):
+        for i, (a, b) in enumerate(zip(self._taps(flat(x)), self._taps(flat(y)), strict=True)):
             d = (a - b).pow(2)
             w = self.lins[i]
             d = (d * w.to(d).view(1, -1, 1, 1)).sum(1) if w is not None else d.sum(1)

@@ -35,8 +35,8 @@ from videopoet.errors import ConfigError, VideoPoetError
 from videopoet.eval.video_metrics import ReconstructionMeter, psnr
 from videopoet.tokenizers.video import VideoTokenizer, VideoTokenizerConfig
 from videopoet.tokenizers.video_losses import (
-    LeCAM,
     Discriminator3D,
+    LeCAM,
     PerceptualLoss,
     TokenizerLossConfig,
     adaptive_weight,
@@ -369,9 +369,9 @@ class TokenizerTrainer:
     @torch.no_grad()
     def _update_ema(self) -> None:
         d = min(self.cfg.train.ema_decay, (1 + self.step) / (10 + self.step))
-        for pe, p in zip(self.ema.parameters(), self.model.parameters()):
+        for pe, p in zip(self.ema.parameters(), self.model.parameters(), strict=True):
             pe.lerp_(p.detach(), 1 - d)
-        for be, b in zip(self.ema.buffers(), self.model.buffers()):
+        for be, b in zip(self.ema.buffers(), self.model.buffers(), strict=True):
             be.copy_(b)
 
     # ---- checkpoints ---------------------------------------------------------------------------
