@@ -117,6 +117,13 @@ def test_attention_backends_agree():
         assert torch.allclose(out, ref, atol=1e-5), b
         causal = attention(q, *kv, make_mask(b, B, T, T))
         assert torch.allclose(causal, F.scaled_dot_product_attention(q, kk, vv, is_causal=True), atol=1e-5), b
+        # decoding: one query at the last position, with and without padded keys
+        for kval in (valid, None):
+            m1 = make_mask(b, B, 1, T, q_offset=T - 1, key_valid=kval)
+            one = attention(q[:, :, -1:], *kv, m1)
+            assert torch.allclose(
+                one, ref[:, :, -1:] if kval is not None else causal[:, :, -1:], atol=1e-5
+            ), b
 
 
 def test_attention_backend_errors_are_clear():

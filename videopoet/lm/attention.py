@@ -138,9 +138,23 @@ def make_mask(
     return Mask(backend, dense=m)
 
 
+def _one_query(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dense: torch.Tensor | None) -> torch.Tensor:
+    """Decoding one token: two small matmuls. (SDPA's fused CPU kernel has a fixed cost of a few
+    hundred microseconds per call, more than the whole attention of one query.)"""
+    B, H, _, D = q.shape
+    Hkv = k.shape[1]
+    qg = q.reshape(B, Hkv, H // Hkv, D)  # query heads grouped by their key/value head
+    s = torch.matmul(qg, k.transpose(-1, -2)) * D**-0.5  # (B, Hkv, rep, Tk)
+    if dense is not None:
+        s = s.masked_fill(~dense.reshape(B, 1, 1, -1), float("-inf"))
+    return torch.matmul(s.softmax(dim=-1), v).reshape(B, H, 1, D)
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Mask) -> torch.Tensor:
     """q (B, H, Tq, D), k/v (B, Hkv, Tk, D) with H a multiple of Hkv -> (B, H, Tq, D)."""
     gqa = q.shape[1] != k.shape[1]
+    if mask.backend == "sdpa" and q.shape[2] == 1 and not q.requires_grad:
+        return _one_query(q, k, v, mask.dense)
     if mask.backend == "sdpa":
         return F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask.dense, is_causal=mask.is_causal, enable_gqa=gqa
