@@ -118,3 +118,21 @@ def test_shipped_default_tokenizer_loads_and_round_trips():
     x = torch.zeros(1, 3, 17, 64, 64)
     codes = tok.encode(x)
     assert codes.shape == (1, 5, 8, 8) and tok.decode(codes).shape == (1, 3, 17, 64, 64)
+
+
+@pytest.mark.slow
+def test_end_to_end_train_then_reconstruct_improves_psnr(capsys, tmp_path, clip, model_dir):
+    """Train the debug tokenizer for a minute through the CLI, then reconstruct a held-out clip."""
+    import re
+
+    rc, _, err = run(capsys, "tokenizer", "train", "--config", "tokenizer/debug", "--out", tmp_path / "run",
+                     "--set", "train.max_steps=150", "--set", "loss.disc_start=100")
+    assert rc == 0, err
+
+    def rec_psnr(model):
+        rc, out, err = run(capsys, "tokenizer", "reconstruct", "--input", clip, "--out", tmp_path / "r.mp4",
+                           "--model", model, "--frames", 5, "--size", 32)
+        assert rc == 0, err
+        return float(re.search(r"PSNR ([\d.]+) dB", out).group(1))
+
+    assert rec_psnr(tmp_path / "run" / "model") > rec_psnr(model_dir) + 1.5  # 6 bits per 4x8x8: coarse
