@@ -7,10 +7,12 @@ tokens/s and ratios of medians.
 Contenders (same weights shape: the `cpu` preset, ~13M parameters, fp32):
   ours           KV cache, sampling over the full vocabulary (equal work to transformers)
   ours+legal     KV cache, decoding constrained to the visual range (what a t2v prompt does)
-  ours-nocache   our model recomputing the whole sequence at every step
+  ours-nocache   our model recomputing the whole sequence at every step (batch 1 by default)
   transformers   LlamaForCausalLM.generate(do_sample=True, top_k=0), its default DynamicCache
+  floor          only the model's weight matmuls for each token (no attention, norms, sampling or
+                 Python): the bound set by streaming the fp32 weights from memory once per step
 
-    .venv/bin/python benchmarks/bench_lm_decode.py [--preset cpu] [--batch 1 8] [--new 128]
+    .venv/bin/python benchmarks/bench_lm_decode.py [--preset cpu] [--batch 1 8] [--new 128] [--threads N]
 """
 
 from __future__ import annotations
@@ -68,12 +70,22 @@ def measure(ours, ref, vocab, B: int, args) -> dict[str, float]:
             )
         assert out.shape[1] == args.prompt + args.new
 
+    linears = [mod.weight for mod in ours.modules() if isinstance(mod, torch.nn.Linear)]
+    xs = {w.shape[1]: torch.randn(B, w.shape[1]) for w in linears}
+
+    @torch.no_grad()
+    def floor():  # the weight matmuls alone, once per generated token: what no overhead would give
+        for _ in range(args.new):
+            for w in linears:
+                torch.nn.functional.linear(xs[w.shape[1]], w)
+
     contenders = {
+        "floor": floor,
         "ours": lambda: generate(ours, full, seed=0),
         "ours+legal": lambda: generate(ours, vis, seed=0),
         "transformers": run_ref,
     }
-    if not args.no_nocache:
+    if B in args.nocache_batch:
         contenders["ours-nocache"] = lambda: generate(ours, full, seed=0, use_cache=False)
     contenders["ours"](), contenders["transformers"]()  # warm-up (allocator, lazy imports)
     times: dict[str, list[float]] = {k: [] for k in contenders}
@@ -92,7 +104,13 @@ def main() -> None:
     ap.add_argument("--prompt", type=int, default=64, help="prefix length")
     ap.add_argument("--new", type=int, default=128, help="tokens generated per row")
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--no-nocache", action="store_true", help="skip our no-cache decoding (slowest)")
+    ap.add_argument(
+        "--nocache-batch",
+        type=int,
+        nargs="*",
+        default=[1],
+        help="batch sizes that also run our no-cache decoding",
+    )
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args()
     if args.threads:

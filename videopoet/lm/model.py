@@ -120,6 +120,7 @@ class KVCache:
         shape = (cfg.n_layers, batch, cfg.n_kv_heads, max_len, cfg.head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.layers = [(self.k[i], self.v[i]) for i in range(cfg.n_layers)]  # per-layer views
         self.key_valid = torch.ones(batch, max_len, dtype=torch.bool, device=device)
         self.has_padding = False
         self.pos = 0
@@ -136,16 +137,17 @@ class SelfAttention(nn.Module):
 
     def forward(self, x, cos, sin, mask: Mask, cache: KVCache | None = None, layer: int = 0):
         B, T, _ = x.shape
-        qkv = self.wqkv(x).view(B, T, self.h + 2 * self.hkv, self.dh)
-        qk = apply_rotary(qkv[:, :, : self.h + self.hkv], cos, sin)  # q and k rotated together
-        q = qk[:, :, : self.h].transpose(1, 2)  # (B, H, T, D)
-        k = qk[:, :, self.h :].transpose(1, 2)  # (B, Hkv, T, D)
-        v = qkv[:, :, self.h + self.hkv :].transpose(1, 2)
+        # split (not slicing): its backward is one cat instead of zero-filled buffers per slice
+        qk, v = (
+            self.wqkv(x).view(B, T, self.h + 2 * self.hkv, self.dh).split([self.h + self.hkv, self.hkv], 2)
+        )
+        q, k = apply_rotary(qk, cos, sin).split([self.h, self.hkv], 2)  # q and k rotated together
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H or Hkv, T, D)
         if cache is not None:
-            end = cache.pos + T
-            cache.k[layer, :, :, cache.pos : end] = k
-            cache.v[layer, :, :, cache.pos : end] = v
-            k, v = cache.k[layer, :, :, :end], cache.v[layer, :, :, :end]
+            ck, cv = cache.layers[layer]  # (B, Hkv, max_len, D) views
+            ck.narrow(2, cache.pos, T).copy_(k)
+            cv.narrow(2, cache.pos, T).copy_(v)
+            k, v = ck.narrow(2, 0, cache.pos + T), cv.narrow(2, 0, cache.pos + T)
         y = attention(q, k, v, mask)  # (B, H, T, D)
         return self.wo(y.transpose(1, 2).reshape(B, T, self.h * self.dh))
 
