@@ -100,8 +100,12 @@ def visqol(ref, est, sample_rate: int = 16000) -> float:
         from visqol import VisqolApi
     except ImportError:
         raise NotAvailableError("ViSQOL needs the optional package: pip install visqol-python") from None
+    import importlib.util
+
     from videopoet.data.media import resample_audio
 
+    # the lattice mapper (C++ ViSQOL's default) needs ai-edge-litert; otherwise the SVR/polynomial one
+    lattice = importlib.util.find_spec("ai_edge_litert") is not None
     r, e = _pair(ref, est)
     scores = []
     for i in range(r.shape[0]):
@@ -110,7 +114,7 @@ def visqol(ref, est, sample_rate: int = 16000) -> float:
             ri = resample_audio(ri[None].astype(np.float32), sample_rate, 16000)[0].astype(np.float64)
             ei = resample_audio(ei[None].astype(np.float32), sample_rate, 16000)[0].astype(np.float64)
         api = VisqolApi()
-        api.create(mode="speech")
+        api.create(mode="speech", use_lattice_model=lattice)
         scores.append(float(api.measure_from_arrays(ri, ei, 16000).moslqo))
     return float(np.mean(scores))
 

@@ -209,14 +209,14 @@ def synthetic_waveforms(num: int, seconds: float, sample_rate: int, seed: int) -
 
 
 def shapes_waveforms(num: int, seed: int, sample_rate: int) -> list[tuple[torch.Tensor, str]]:
-    """The shapes benchmark's clips: (audio (1, S), caption)."""
-    from videopoet.data.shapes import ShapesConfig, make_clip
+    """The shapes benchmark's sound tracks: (audio (1, S), caption) of clips 0..num-1 of `seed`."""
+    from videopoet.data.shapes import ShapesConfig, make_audio
 
     cfg = ShapesConfig(size=32, sample_rate=sample_rate)
     out = []
     for i in range(num):
-        clip = make_clip(cfg, seed, i)
-        out.append((torch.from_numpy(clip.audio).float(), clip.caption))
+        audio, caption = make_audio(cfg, seed, i)
+        out.append((torch.from_numpy(np.ascontiguousarray(audio)).float(), caption))
     return out
 
 

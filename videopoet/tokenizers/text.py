@@ -184,7 +184,9 @@ class TextEmbedder(torch.nn.Module):
                 "weights are never downloaded — save one with save_pretrained and pass its path"
             )
         from transformers import AutoConfig, AutoModel, AutoTokenizer, T5EncoderModel
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()
         try:
             config = AutoConfig.from_pretrained(str(d), local_files_only=True)
             self.tokenizer = AutoTokenizer.from_pretrained(str(d), local_files_only=True)
@@ -194,6 +196,8 @@ class TextEmbedder(torch.nn.Module):
                 self.encoder = AutoModel.from_pretrained(str(d), local_files_only=True)
         except (OSError, ValueError) as e:
             raise VideoPoetError(f"{d}: cannot load the text encoder ({e})") from None
+        finally:
+            hf_logging.enable_progress_bar()
         if getattr(self.encoder.config, "is_encoder_decoder", False) and hasattr(self.encoder, "get_encoder"):
             self.encoder = self.encoder.get_encoder()
         self.encoder.requires_grad_(False).eval().to(device)

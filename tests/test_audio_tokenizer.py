@@ -1,0 +1,286 @@
+"""Audio codec: shapes, level-major flattening, determinism, save/load, official EnCodec loading, bad input."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from videopoet.config import from_dict, load_yaml
+from videopoet.errors import ConfigError, InputError, NotAvailableError
+from videopoet.tokenizers.audio import (
+    AudioTokenizer,
+    AudioTokenizerConfig,
+    codes_to_tokens,
+    flatten_codes,
+    prepare_waveform,
+    tokens_to_codes,
+    unflatten_codes,
+)
+from videopoet.tokenizers.audio_train import AudioRecipe, load_recipe, synthetic_waveforms
+
+DEBUG = AudioTokenizerConfig(sample_rate=8000, strides=(2, 4, 5), num_levels=3, codebook_size=16, hidden_size=8,
+                             num_filters=4, num_lstm_layers=1)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    torch.manual_seed(0)
+    return AudioTokenizer(DEBUG).eval()
+
+
+def audio(batch=2, seconds=0.5, sr=8000, seed=0):
+    return torch.stack(synthetic_waveforms(batch, seconds, sr, seed))  # (B, 1, S) in [-0.8, 0.8]
+
+
+# ------------------------------------------------------------------------------------------ config
+def test_presets_parse_and_videopoet_layout():
+    for name in ("audio/debug", "audio/cpu", "audio/videopoet"):
+        r = load_recipe(name)
+        assert isinstance(r, AudioRecipe)
+    vp = load_recipe("audio/videopoet").model
+    assert (vp.sample_rate, vp.hop_length, vp.num_levels, vp.codebook_size) == (16000, 320, 4, 1024)
+    assert vp.frame_rate == 50.0
+    assert int(2.125 * 16000) // vp.hop_length == 106  # VideoPoet: 2.125 s -> 106 frames -> 424 tokens
+    assert vp.bits_per_second == 2000.0
+    cpu = load_recipe("audio/cpu").model
+    assert cpu.hop_length == 320 and cpu.num_levels == 4  # same token layout as VideoPoet
+
+
+def test_videopoet_preset_maps_onto_encodec():
+    cfg = load_recipe("audio/videopoet").model
+    hf = cfg.to_hf()
+    assert hf.num_quantizers == 4 and hf.codebook_size == 1024 and hf.hop_length == 320
+    assert list(hf.upsampling_ratios) == [8, 5, 4, 2] and hf.hidden_size == 128  # EnCodec-sized SEANet
+
+
+@pytest.mark.parametrize("bad", [
+    {"codebook_size": 1000}, {"strides": []}, {"strides": [2, 0]}, {"num_levels": 0},
+    {"codebook_dim": 7, "hidden_size": 8}, {"sample_rate": 100}, {"num_filters": 5},
+])
+def test_bad_config_fields(bad):
+    with pytest.raises(ConfigError):
+        from_dict(AudioTokenizerConfig, bad)
+
+
+def test_unknown_config_key():
+    with pytest.raises(ConfigError, match="unknown"):
+        from_dict(AudioTokenizerConfig, {"levels": 4})
+
+
+def test_hf_config_has_exactly_num_levels():
+    for levels, size, strides in ((1, 2, (2,)), (3, 16, (2, 4, 5)), (4, 1024, (2, 4, 5, 8)), (7, 256, (3, 5, 7))):
+        cfg = AudioTokenizerConfig(num_levels=levels, codebook_size=size, strides=strides)
+        assert cfg.to_hf().num_quantizers == levels
+
+
+# ------------------------------------------------------------------------------- encode / decode
+def test_encode_decode_shapes_and_range(tok):
+    x = audio(2, 0.5)  # 4000 samples, hop 40 -> 100 frames
+    codes = tok.encode(x)
+    assert codes.shape == (2, 3, 100) and codes.dtype == torch.long
+    assert tok.token_shape((1, 4000)) == (3, 100)
+    assert int(codes.min()) >= 0 and int(codes.max()) < 16
+    assert len(torch.unique(codes[:, 0])) > 2  # an untrained model still uses several codes
+    y = tok.decode(codes)
+    assert y.shape == (2, 1, 4000)
+    assert bool(torch.isfinite(y).all()) and float(y.abs().max()) <= 1.0
+
+
+def test_trailing_partial_frame_is_dropped(tok):
+    x = audio(1, 0.5)
+    codes = tok.encode(x[..., :4039])  # 100 frames + 39 samples
+    assert codes.shape[-1] == 100
+    assert torch.equal(codes, tok.encode(x[..., :4000])) or codes.shape[-1] == 100
+    assert tok.decode(codes).shape[-1] == 4000
+
+
+def test_encode_is_deterministic(tok):
+    x = audio(2, 0.3)
+    assert torch.equal(tok.encode(x), tok.encode(x))
+    torch.manual_seed(0)
+    other = AudioTokenizer(DEBUG).eval()
+    assert torch.equal(other.encode(x), tok.encode(x))  # same seed -> same model -> same codes
+
+
+def test_batch_items_are_independent(tok):
+    x = audio(3, 0.3)
+    full = tok.encode(x)
+    assert torch.equal(full[1:2], tok.encode(x[1:2]))
+
+
+def test_decode_accepts_a_prefix_of_levels(tok):
+    codes = tok.encode(audio(1, 0.3))
+    y1 = tok.decode(codes[:, :1])
+    y3 = tok.decode(codes)
+    assert y1.shape == y3.shape and not torch.equal(y1, y3)
+
+
+def test_first_level_residual_structure(tok):
+    """RVQ: decoding the summed code vectors of all levels equals the quantizer's own decode."""
+    x = audio(1, 0.3)
+    q = tok.quantize(tok.encode_latents(x))
+    assert torch.equal(q.codes, tok.encode(x))
+    manual = sum(cb.embed[q.codes[0, i]].t() for i, cb in enumerate(tok.codebooks()))
+    assert torch.allclose(q.latents[0], manual, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------- flattening
+def test_flatten_is_level_major_with_exact_inverse():
+    codes = torch.arange(2 * 3 * 4).reshape(2, 3, 4)  # (B, L, T)
+    flat = flatten_codes(codes)
+    assert flat.shape == (2, 12)
+    assert flat[0].tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]  # level 0 (t=0..3), then level 1 ...
+    assert flat[0, 4].item() == codes[0, 1, 0].item()
+    assert torch.equal(unflatten_codes(flat, 3), codes)
+
+
+def test_tokens_offset_levels_and_invert():
+    codes = torch.randint(0, 16, (2, 3, 5))
+    tokens = codes_to_tokens(codes, 16)
+    assert int(tokens.min()) >= 0 and int(tokens.max()) < 3 * 16
+    assert bool((tokens[:, 5:10] >= 16).all() and (tokens[:, 5:10] < 32).all())  # level 1 block
+    assert torch.equal(tokens_to_codes(tokens, 3, 16), codes)
+
+
+def test_tokens_out_of_level_range_raise():
+    tokens = codes_to_tokens(torch.zeros(1, 2, 4, dtype=torch.long), 16)
+    tokens[0, 5] = 3  # a level-0 id where level 1 belongs
+    with pytest.raises(InputError, match="level 1"):
+        tokens_to_codes(tokens, 2, 16)
+    with pytest.raises(InputError, match="multiple"):
+        unflatten_codes(torch.zeros(1, 7, dtype=torch.long), 2)
+
+
+# ------------------------------------------------------------------------------------- save/load
+def test_save_load_identical(tok, tmp_path):
+    tok.save_pretrained(tmp_path / "m")
+    loaded = AudioTokenizer.from_pretrained(tmp_path / "m")
+    for (k, a), (k2, b) in zip(tok.state_dict().items(), loaded.state_dict().items(), strict=True):
+        assert k == k2 and torch.equal(a, b), k
+    x = audio(1, 0.3)
+    assert torch.equal(loaded.encode(x), tok.encode(x))
+    assert torch.equal(loaded.decode(tok.encode(x)), tok.decode(tok.encode(x)))
+
+
+def test_fp16_save_loads_into_fp32(tok, tmp_path):
+    tok.save_pretrained(tmp_path / "h", dtype=torch.float16)
+    loaded = AudioTokenizer.from_pretrained(tmp_path / "h")
+    assert next(loaded.parameters()).dtype == torch.float32
+    x = audio(1, 0.3)
+    agree = (loaded.encode(x) == tok.encode(x)).float().mean()
+    assert agree > 0.9
+
+
+def test_official_encodec_directory_loads(tmp_path):
+    """A randomly initialised model of the official 24 kHz config, saved the Hugging Face way."""
+    from transformers import EncodecConfig, EncodecModel
+
+    torch.manual_seed(0)
+    hf = EncodecModel(EncodecConfig()).eval()  # the facebook/encodec_24khz configuration
+    for layer in hf.quantizer.layers:
+        layer.codebook.embed.normal_(0, 0.05)
+    hf.save_pretrained(tmp_path / "encodec_24khz")
+    tok = AudioTokenizer.from_pretrained(tmp_path / "encodec_24khz", num_levels=8)  # 6 kbps
+    assert tok.sample_rate == 24000 and tok.hop_length == 320 and tok.num_levels == 8
+    x = audio(1, 320 * 20 / 24000, sr=24000)  # 20 frames
+    ours = tok.encode(x)
+    with torch.no_grad():
+        enc = hf.encode(x, bandwidth=6.0)
+        ref_codes = enc.audio_codes[0]  # (B, 8, T)
+        ref_audio = hf.decode(enc.audio_codes, enc.audio_scales)[0]
+    assert torch.equal(ours, ref_codes)
+    assert torch.allclose(tok.decode(ours), ref_audio.clamp(-1, 1), atol=1e-5)
+    assert len(torch.unique(ours)) > 5
+    with pytest.raises(InputError, match="32 levels"):
+        AudioTokenizer.from_pretrained(tmp_path / "encodec_24khz", num_levels=33)
+    # and it can be re-saved in our own format
+    tok.save_pretrained(tmp_path / "ours")
+    assert torch.equal(AudioTokenizer.from_pretrained(tmp_path / "ours").encode(x), ours)
+
+
+def test_stereo_normalised_encodec_is_refused(tmp_path):
+    from transformers import EncodecConfig, EncodecModel
+
+    cfg = EncodecConfig(audio_channels=2, normalize=True, num_filters=4, hidden_size=8, num_lstm_layers=1,
+                        codebook_size=16, upsampling_ratios=[2, 2])
+    EncodecModel(cfg).save_pretrained(tmp_path / "stereo")
+    with pytest.raises(NotAvailableError, match="mono"):
+        AudioTokenizer.from_pretrained(tmp_path / "stereo")
+
+
+def test_loading_wrong_directory_says_so(tmp_path):
+    from videopoet.errors import VideoPoetError
+
+    with pytest.raises(VideoPoetError, match="not found"):
+        AudioTokenizer.from_pretrained(tmp_path / "missing")
+
+
+# --------------------------------------------------------------------------------------- bad input
+def test_stereo_is_mixed_down(tok):
+    x = audio(2, 0.3)
+    stereo = torch.cat([x, 0.5 * x], dim=1)  # (B, 2, S)
+    assert torch.equal(tok.encode(stereo), tok.encode(0.75 * x))
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda x: x.clone().index_fill_(2, torch.tensor([7]), float("nan")), "NaN"),
+    (lambda x: x[..., :10], "shorter than one frame"),
+    (lambda x: x[..., :0], "shorter than one frame"),
+    (lambda x: 2.0 * x, r"\[-1, 1\]"),
+    (lambda x: x[0], "shape"),
+    (lambda x: (x * 1000).long(), "floating"),
+])
+def test_bad_audio_raises_named_errors(tok, make, match):
+    with pytest.raises(InputError, match=match):
+        tok.encode(make(audio(1, 0.1)))
+
+
+def test_silent_and_clipped_audio_are_valid(tok):
+    silent = torch.zeros(1, 1, 800)
+    codes = tok.encode(silent)
+    assert codes.shape == (1, 3, 20)
+    assert len(torch.unique(codes[0, 0])) == 1  # silence is stationary -> one code after warm-up
+    assert bool(torch.isfinite(tok.decode(codes)).all())
+    clipped = (3 * audio(1, 0.1)).clamp(-1, 1)  # hard-clipped at full scale
+    assert tok.encode(clipped).shape == (1, 3, 20)
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda c: c + 16, r"\[0, 16\)"),
+    (lambda c: c.index_fill(2, torch.tensor([3]), -1), r"\[0, 16\)"),
+    (lambda c: c.float(), "integer"),
+    (lambda c: torch.cat([c, c[:, :1]], 1), "levels"),
+    (lambda c: c[0], "shape"),
+    (lambda c: c[..., :0], "zero frames"),
+])
+def test_bad_codes_raise(tok, make, match):
+    codes = tok.encode(audio(1, 0.1))
+    with pytest.raises(InputError, match=match):
+        tok.decode(make(codes))
+
+
+def test_prepare_waveform_documents_what_it_does():
+    sr = 11025
+    t = np.arange(sr) / sr
+    stereo = np.stack([0.5 * np.sin(2 * math.pi * 440 * t), 1.5 * np.sin(2 * math.pi * 440 * t)])
+    x, notes = prepare_waveform(stereo, sr, 16000)
+    assert x.shape[0] == 1 and abs(x.shape[1] - 16000) <= 1
+    assert float(x.abs().max()) <= 1.0
+    text = " ".join(notes)
+    assert "mono" in text and "resampled 11025 Hz -> 16000 Hz" in text and "clipped" in text
+    same, notes2 = prepare_waveform(np.zeros(100, np.float32), 16000, 16000)
+    assert notes2 == [] and same.shape == (1, 100)
+    with pytest.raises(InputError, match="empty"):
+        prepare_waveform(np.zeros(0), 16000, 16000)
+    with pytest.raises(InputError, match="NaN"):
+        prepare_waveform(np.array([0.0, np.nan]), 16000, 16000)
+
+
+def test_debug_preset_yaml_is_valid():
+    data = load_yaml("audio/debug")
+    assert set(data) == {"model", "data", "train"}
+    tok = AudioTokenizer(load_recipe("audio/debug").model)
+    assert tok.token_shape((1, 8000)) == (2, 200) and tok.vocab_size == 32

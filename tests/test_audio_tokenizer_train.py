@@ -1,0 +1,193 @@
+"""Audio codec training: losses fall, exact resume, atomic pruned checkpoints, codebook upkeep, losses, CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from videopoet.tokenizers.audio import AudioTokenizer
+from videopoet.tokenizers.audio_losses import (
+    MultiResolutionSTFTLoss,
+    MultiScaleMelLoss,
+    MultiScaleSTFTDiscriminator,
+    feature_matching_loss,
+    hinge_discriminator_loss,
+    hinge_generator_loss,
+    mel_filterbank,
+)
+from videopoet.tokenizers.audio_train import (
+    build_corpus,
+    init_codebooks,
+    latest_checkpoint,
+    load_recipe,
+    refresh_dead_codes,
+    sample_batch,
+    synthetic_waveforms,
+    train_audio_tokenizer,
+    update_codebooks,
+)
+
+
+def quiet(*_):
+    pass
+
+
+def debug_recipe(*overrides):
+    return load_recipe("audio/debug", list(overrides))
+
+
+# ------------------------------------------------------------------------------------------ loop
+@pytest.mark.slow
+def test_short_training_run_losses_fall(tmp_path):
+    torch.set_num_threads(1)
+    r = debug_recipe("train.max_steps=60", "train.log_every=1", "train.adv_start_step=1000",
+                     "train.ckpt_every=1000", "data.synthetic_clips=4")
+    out = train_audio_tokenizer(r, tmp_path / "run", log=quiet)
+    recs = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in recs] == list(range(1, 61))
+    first = np.mean([x["mel"] + x["stft"] for x in recs[:10]])
+    last = np.mean([x["mel"] + x["stft"] for x in recs[-10:]])
+    assert last < 0.85 * first, (first, last)
+    assert all(x["perplexity0"] > 1.5 for x in recs[-10:])  # the codebook did not collapse
+    tok = AudioTokenizer.from_pretrained(out)
+    assert tok.codebooks()[0].inited.item() == 1.0
+
+
+def test_gan_and_exact_resume(tmp_path):
+    """Two runs to step 6 (GAN from step 2), one interrupted at step 3, end bit-identical."""
+    torch.set_num_threads(1)
+    common = ["train.adv_start_step=2", "train.ckpt_every=3", "train.log_every=1", "data.synthetic_clips=3"]
+    a = train_audio_tokenizer(debug_recipe("train.max_steps=6", *common), tmp_path / "a", log=quiet)
+    train_audio_tokenizer(debug_recipe("train.max_steps=3", *common), tmp_path / "b", log=quiet)
+    b = train_audio_tokenizer(debug_recipe("train.max_steps=6", *common), tmp_path / "b", log=quiet)
+    sa, sb = AudioTokenizer.from_pretrained(a).state_dict(), AudioTokenizer.from_pretrained(b).state_dict()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+    from safetensors.torch import load_file
+
+    da = load_file(str(latest_checkpoint(tmp_path / "a") / "discriminator.safetensors"))
+    db = load_file(str(latest_checkpoint(tmp_path / "b") / "discriminator.safetensors"))
+    assert all(torch.equal(da[k], db[k]) for k in da)
+    recs = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert "disc" in recs[-1] and "feat" in recs[-1] and "disc" not in recs[0]
+
+
+def test_checkpoints_are_pruned_and_loadable(tmp_path):
+    r = debug_recipe("train.max_steps=5", "train.ckpt_every=1", "train.keep_checkpoints=2",
+                     "train.adv_start_step=100", "data.synthetic_clips=2")
+    train_audio_tokenizer(r, tmp_path / "run", log=quiet)
+    ckpts = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert ckpts == ["step_0000004", "step_0000005"]  # no temp dirs left, older ones pruned
+    tok = AudioTokenizer.from_pretrained(tmp_path / "run" / "checkpoints" / "step_0000005")
+    assert tok.num_levels == 2
+    state = json.loads((tmp_path / "run" / "checkpoints" / "step_0000005" / "trainer_state.json").read_text())
+    assert state["step"] == 5 and state["recipe"]["model"]["codebook_size"] == 16
+
+
+def test_resume_refuses_a_different_model(tmp_path):
+    from videopoet.errors import ConfigError
+
+    train_audio_tokenizer(debug_recipe("train.max_steps=1", "data.synthetic_clips=2"), tmp_path / "r", log=quiet)
+    with pytest.raises(ConfigError, match="different model"):
+        train_audio_tokenizer(debug_recipe("train.max_steps=2", "model.codebook_size=32",
+                                           "data.synthetic_clips=2"), tmp_path / "r", log=quiet)
+
+
+# ------------------------------------------------------------------------------------- data
+def test_batches_are_a_function_of_the_step():
+    r = debug_recipe("data.synthetic_clips=3")
+    corpus = build_corpus(r.data, 8000, log=quiet)
+    a = sample_batch(corpus, 7, 4, 800, seed=0)
+    assert a.shape == (4, 1, 800) and float(a.abs().max()) <= 1.0
+    assert torch.equal(a, sample_batch(corpus, 7, 4, 800, seed=0))
+    assert not torch.equal(a, sample_batch(corpus, 8, 4, 800, seed=0))
+    assert len(corpus.heldout) == 4 and len(corpus.train) == 3
+
+
+def test_real_recordings_keep_a_held_out_tail(tmp_path):
+    from videopoet.data.media import write_audio
+
+    t = np.arange(3 * 8000) / 8000
+    write_audio(tmp_path / "long.wav", (0.5 * np.sin(2 * math.pi * 300 * t))[None].astype(np.float32), 8000)
+    write_audio(tmp_path / "short.wav", np.zeros((1, 4000), np.float32), 8000)
+    r = debug_recipe("data.sources=[]", f"data.files=['{tmp_path}/long.wav','{tmp_path}/short.wav']")
+    corpus = build_corpus(r.data, 8000, log=quiet)
+    assert [x.shape[-1] for x in corpus.train] == [18000, 4000]  # 3 s split 75/25; 0.5 s kept whole
+    assert [x.shape[-1] for x in corpus.heldout] == [6000]
+    assert "held-out" in corpus.heldout_names[0]
+
+
+# ---------------------------------------------------------------------------------- codebooks
+def test_kmeans_init_and_dead_code_reset():
+    torch.manual_seed(0)
+    tok = AudioTokenizer(debug_recipe().model)
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(2, 8, 50) * 3 + 10  # far from the random initial codes
+    init_codebooks(tok, z, 5, g)
+    cb = tok.codebooks()[0]
+    assert cb.inited.item() == 1.0 and float(cb.cluster_size.sum()) == 100.0
+    assert float(cb.embed.mean()) == pytest.approx(10.0, abs=1.0)  # centroids inside the data
+    cb.cluster_size[3] = 0.0
+    cb.embed[3] = -100.0  # a dead code far away
+    dead = refresh_dead_codes(tok, z, threshold=0.5, g=g)
+    assert dead[0] >= 1 and float(cb.embed[3].mean()) > 0  # re-seeded from the batch
+    assert float(cb.cluster_size[3]) == 0.5
+
+
+def test_ema_update_moves_codes_to_their_members():
+    torch.manual_seed(0)
+    tok = AudioTokenizer(debug_recipe().model)
+    cb = tok.codebooks()[0]
+    r = torch.full((1, 8, 4), 2.0)
+    codes = torch.zeros(1, 2, 4, dtype=torch.long)
+    before = (cb.embed[0] - 2.0).abs().mean()
+    stats = update_codebooks(tok, [r, r], codes, decay=0.5)
+    assert (cb.embed[0] - 2.0).abs().mean() < before
+    assert stats["perplexity0"] == pytest.approx(1.0)
+
+
+def test_quantize_is_pure_and_straight_through():
+    torch.manual_seed(0)
+    tok = AudioTokenizer(debug_recipe().model)
+    before = {k: v.clone() for k, v in tok.state_dict().items()}
+    z = torch.randn(2, 8, 10, requires_grad=True)
+    q = tok.quantize(z)
+    (q.latents.sum() + q.commit_loss).backward()
+    assert z.grad is not None and bool((z.grad != 0).all())
+    assert all(torch.equal(before[k], v) for k, v in tok.state_dict().items())
+    assert q.codes.shape == (2, 2, 10) and len(q.residuals) == 2
+
+
+# ------------------------------------------------------------------------------------ losses
+def test_mel_filterbank_is_triangular_and_covers_the_band():
+    fb = mel_filterbank(16000, 512, 40)
+    assert fb.shape == (40, 257) and float(fb.min()) >= 0
+    assert bool((fb.sum(0)[3:-3] > 0).all())  # every bin but the edges is covered
+    peaks = fb.argmax(1)
+    assert bool((peaks[1:] >= peaks[:-1]).all())
+
+
+def test_losses_are_zero_for_identical_audio_and_grow_with_error():
+    x = torch.stack(synthetic_waveforms(2, 0.25, 8000, 0))
+    mel, st = MultiScaleMelLoss(8000, 5, 9), MultiResolutionSTFTLoss((128, 256))
+    assert float(mel(x, x)) == pytest.approx(0.0, abs=1e-6)
+    assert float(st(x, x)) == pytest.approx(0.0, abs=1e-6)
+    small, big = x + 0.01 * torch.randn_like(x), x + 0.1 * torch.randn_like(x)
+    assert float(mel(small, x)) < float(mel(big, x)) and float(st(small, x)) < float(st(big, x))
+
+
+def test_discriminator_and_gan_losses():
+    d = MultiScaleSTFTDiscriminator((128, 64), channels=4)
+    x = torch.randn(2, 1, 2000) * 0.1
+    logits, feats = d(x)
+    assert len(logits) == 2 and len(feats) == 2 and len(feats[0]) == 5
+    assert logits[0].shape[:2] == (2, 1)
+    assert float(feature_matching_loss(feats, feats).detach()) == 0.0
+    ones, minus = [torch.ones(3)], [-torch.ones(3)]
+    assert float(hinge_discriminator_loss(ones, minus)) == 0.0  # confident and right
+    assert float(hinge_generator_loss(ones)) == 0.0
+    assert float(hinge_discriminator_loss(minus, ones)) == 4.0
