@@ -159,3 +159,18 @@ def test_bad_inputs_name_the_field():
     s = build_sequence(V, "t2v", {}, {"video": (1, 2, 2)})
     with pytest.raises(InputError, match="legal range"):
         output_codes(V, s, torch.tensor([[V.pad_id] * 4 + [V.id("<eov_o>"), V.id("<eos>")]]))
+
+
+@pytest.mark.parametrize("name", ["debug", "cpu"])
+def test_lm_preset_vocab_matches_the_tokenizer_presets(name):
+    """The LM presets are wired to the tokenizers' presets and the shipped text model."""
+    from videopoet.config import from_dict, load_yaml
+    from videopoet.lm.pretrained import load_preset
+    from videopoet.tokenizers.audio import AudioTokenizerConfig
+    from videopoet.tokenizers.text import default_text_tokenizer
+    from videopoet.tokenizers.video import VideoTokenizerConfig
+
+    video = from_dict(VideoTokenizerConfig, load_yaml(f"tokenizer/{name}")["model"])
+    audio = from_dict(AudioTokenizerConfig, load_yaml(f"audio/{name}")["model"])
+    vocab = Vocabulary.from_tokenizers(video, audio, default_text_tokenizer())
+    assert vocab == load_preset(name)[0]
