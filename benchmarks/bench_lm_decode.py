@@ -47,8 +47,9 @@ def llama_like(model):
     return LlamaForCausalLM(lc).eval()
 
 
-def measure(ours, ref, vocab, B: int, args) -> dict[str, float]:
-    """Median tokens/s of each contender at batch B (repetitions interleaved)."""
+def measure(ours, ref, vocab, B: int, args) -> dict[str, tuple[float, float]]:
+    """(median tokens/s, median over repetitions of the speed ratio to transformers in the same
+    repetition) for each contender at batch B."""
     V = vocab.size
     ids = torch.randint(256, V, (B, args.prompt))
     full = Prompt(ids, torch.ones_like(ids, dtype=torch.bool), torch.tensor([[0, V]] * args.new))
@@ -94,7 +95,14 @@ def measure(ours, ref, vocab, B: int, args) -> dict[str, float]:
             t = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t)
-    return {k: B * args.new / statistics.median(v) for k, v in times.items()}
+    ref_t = times["transformers"]
+    return {
+        k: (
+            B * args.new / statistics.median(v),
+            statistics.median(r / t for r, t in zip(ref_t, v, strict=True)),
+        )
+        for k, v in times.items()
+    }
 
 
 def main() -> None:
@@ -132,7 +140,7 @@ def main() -> None:
     rows = []
     for B in args.batch:
         tps = measure(ours, ref, vocab, B, args)
-        rows += [(B, k, t, t / tps["transformers"]) for k, t in tps.items()]
+        rows += [(B, k, t, r) for k, (t, r) in tps.items()]
 
     print(f"{'batch':>5}  {'contender':<14} {'tokens/s':>10}  {'vs transformers':>15}")
     for B, k, t, r in rows:

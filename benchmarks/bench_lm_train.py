@@ -6,7 +6,8 @@ training step = forward + loss + backward + AdamW step, fp32 on the CPU, for:
                  loss on the outputs only, as in training)
   transformers   LlamaForCausalLM of equal size (causal mask, loss on every position: its
                  standard training step)
-MFU = model FLOPs/s / the fp32 matmul peak measured in the same run (best of square matmuls,
+The speed ratio is the median over repetitions of the paired ratio (transformers' step time over
+ours in the same repetition). MFU = model FLOPs/s / the fp32 matmul peak measured in the same run (best of square matmuls,
 same thread count). Model FLOPs per token = 6 N (non-embedding parameters) + 12 L d T (attention),
 the same formula for both.
 
@@ -102,11 +103,10 @@ def main() -> None:
     )
     print(f"{'contender':<14} {'step s':>8} {'tokens/s':>10} {'MFU':>7} {'vs transformers':>16}")
     med = {k: statistics.median(v) for k, v in times.items()}
-    for k in times:
+    for k, v in times.items():
         tps = B * T / med[k]
-        print(
-            f"{k:<14} {med[k]:>8.3f} {tps:>10.0f} {flops_tok * tps / peak:>7.1%} {med['transformers'] / med[k]:>15.2f}x"
-        )
+        ratio = statistics.median(r / t for r, t in zip(times["transformers"], v, strict=True))  # paired
+        print(f"{k:<14} {med[k]:>8.3f} {tps:>10.0f} {flops_tok * tps / peak:>7.1%} {ratio:>15.2f}x")
     print(f"\nload after: {os.getloadavg()[0]:.2f}")
 
 
