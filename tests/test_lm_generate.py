@@ -139,3 +139,17 @@ def test_sample_task_with_guidance_and_text_embeddings():
     a = sample_task(m2, v, "t2v", inputs[:1], {"video": (2, 2, 2)}, temperature=0)
     b = sample_task(m2, v, "t2v", [{"text": torch.randn(4, 8) * 3}], {"video": (2, 2, 2)}, temperature=0)
     assert not torch.equal(a["video"], b["video"])
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+def test_every_attention_backend_generates_the_same_tokens():
+    from videopoet.lm.attention import available_backends
+
+    base = model()
+    shapes = {"video": (1, 2, 2)}
+    p = prompts([{"text": torch.tensor([1, 2, 3])}, {}], shapes)  # left padding in row 1
+    expected = generate(base, p, temperature=0)
+    for backend in available_backends("cpu"):
+        other = model(attention=backend)
+        other.load_state_dict(base.state_dict())
+        assert torch.equal(generate(other, p, temperature=0), expected), backend
