@@ -8,12 +8,13 @@ Positions are absolute sequence positions (queries start at `q_offset` when deco
 Backends:
 - "sdpa"     torch.nn.functional.scaled_dot_product_attention with an explicit boolean mask
              (or `is_causal` / no mask when the mask is plain causal or all-visible). Default.
-- "flex"     FlexAttention with a block mask built once per forward (block-sparse on GPU; on CPU
-             without torch.compile it is a reference implementation, so "auto" never picks it there).
+- "flex"     FlexAttention with a block mask built once per forward: block-sparse (it skips the
+             masked blocks) only under torch.compile; in eager mode, on any device, PyTorch runs it
+             as an unfused reference that materialises the scores. Opt-in, for compiled training.
 - "xformers" xformers.ops.memory_efficient_attention with an additive bias (CUDA only, optional;
              imported only when chosen).
-`resolve_backend("auto", device)` picks flex on CUDA when available, sdpa elsewhere, and logs the
-choice once. Unsupported combinations raise NotAvailableError.
+`resolve_backend("auto", device)` picks sdpa (the only one that is fast in eager mode everywhere)
+and logs the choice once per device type. Unsupported combinations raise NotAvailableError.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def resolve_backend(name: str, device_type: str) -> str:
     if name not in BACKENDS:
         raise ConfigError(f"attention: {name!r} is not one of {list(BACKENDS)}")
     if name == "auto":
-        chosen = "flex" if device_type == "cuda" and _has_flex() else "sdpa"
+        chosen = "sdpa"
     else:
         chosen = name
     if chosen == "flex" and not _has_flex():
