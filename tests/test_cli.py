@@ -103,6 +103,7 @@ def test_docstring_args_become_help(demo_command, capsys):
         cli.main(["zz", "demo", "--help"])
     out = capsys.readouterr().out
     assert "frame size in pixels (default: 64)" in out
+    assert "where to write (required: as a flag or in --config)" in out
     assert "{a,b}" in out
 
 

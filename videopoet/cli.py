@@ -124,7 +124,9 @@ def _add_param(parser: argparse.ArgumentParser, p: inspect.Parameter, tp: Any, h
     flag = "--" + p.name.replace("_", "-")
     kwargs["dest"] = p.name
     kwargs["default"] = argparse.SUPPRESS
-    if p.default is not inspect.Parameter.empty and p.default is not None and tp is not bool:
+    if p.default is inspect.Parameter.empty:
+        kwargs["help"] = f"{help_text} (required: as a flag or in --config)".strip()
+    elif p.default is not None and tp is not bool:
         kwargs["help"] = f"{help_text} (default: {p.default})".strip()
     if tp is bool:
         kwargs["action"] = argparse.BooleanOptionalAction
