@@ -14,6 +14,8 @@ Design choices
   `codes_to_tokens` / `tokens_to_codes` add / remove the per-level offset l * codebook_size so that
   token ids fill [0, vocab_size) with vocab_size = L * codebook_size (DESIGN.md's audio range).
 - RVQ is a prefix code: `decode` accepts the first L' <= L levels (lower bitrate).
+- A model built from a config (to train) gets a variance-preserving init (`_init_fresh_weights`):
+  EncodecModel's own init leaves latents ~1e-3 in size and its codes collapse in the first steps.
 - The model is pure. Training pieces live elsewhere: `quantize` returns straight-through latents,
   codes, per-level residuals and the commitment loss, and changes no state; EMA codebook updates,
   k-means initialisation and dead-code reset are done by the training loop (audio_train.py) on the
