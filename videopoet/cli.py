@@ -270,4 +270,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run through the imported module: commands register into `videopoet.cli`, not `__main__`.
+    from videopoet.cli import main as _main
+
+    sys.exit(_main())
