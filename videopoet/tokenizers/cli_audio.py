@@ -3,8 +3,8 @@
 Code files are safetensors with one int32 tensor "codes" (L, T) (levels x frames, not flattened) and
 metadata: sample_rate, hop_length, num_levels, codebook_size, num_samples (of the encoded input) and
 source. `decode` checks them against the model. Input files may be any audio file or a video's audio
-track; other sample rates are resampled, stereo is mixed down to mono and samples beyond [-1, 1] are
-clipped — each printed as a note.
+track; other sample rates are resampled, stereo / multichannel audio is mixed down to mono (ffmpeg's
+standard downmix, as for training data) and samples beyond [-1, 1] are clipped — each printed as a note.
 """
 
 from __future__ import annotations
@@ -28,14 +28,21 @@ def load_audio_file(path: Path, sample_rate: int, seconds: float = 0.0):
     from videopoet.errors import InputError, MediaError
     from videopoet.tokenizers.audio import prepare_waveform
 
+    import av
+
     info = probe(path)
     if not info.has_audio:
         raise MediaError(path, "has no audio track")
+    with av.open(str(path)) as container:
+        channels = int(container.streams.audio[0].codec_context.channels or 1)
     src_rate = int(info.sample_rate or sample_rate)
-    audio, sr = read_audio(path, sample_rate=src_rate, mono=False, end=seconds if seconds > 0 else None)
+    # ffmpeg's standard downmix (as for training data), at the file's own rate; resampled below
+    audio, sr = read_audio(path, sample_rate=src_rate, mono=True, end=seconds if seconds > 0 else None)
     if audio.shape[-1] == 0:
         raise InputError(f"{path}: the audio track is empty")
     x, notes = prepare_waveform(audio, sr, sample_rate, name=str(path))
+    if channels > 1:
+        notes.insert(0, f"{path}: {channels} channels mixed down to mono (ffmpeg's standard downmix)")
     return x[None], notes
 
 
