@@ -45,6 +45,8 @@ def test_si_snr_is_scale_invariant_and_nan_for_silence(x):
     noisy = x + 0.05 * torch.randn(x.shape, generator=torch.Generator().manual_seed(2))
     assert si_snr(x, 0.3 * noisy) == pytest.approx(si_snr(x, noisy), abs=1e-3)
     assert math.isnan(si_snr(torch.zeros(1, 800), torch.randn(1, 800)))
+    assert math.isnan(stft_distance(torch.zeros(1, 800), torch.randn(1, 800)))
+    assert mel_distance(torch.zeros(1, 800), torch.zeros(1, 800)) == 0.0  # mel distance is defined
     noise = torch.randn(1, 16000, generator=torch.Generator().manual_seed(1))
     sine = torch.sin(torch.arange(16000) * 0.1)[None]
     assert si_snr(sine, sine + noise) == pytest.approx(10 * math.log10(0.5 / 1.0), abs=0.5)

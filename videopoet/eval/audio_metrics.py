@@ -3,7 +3,8 @@
 - `mel_distance`: mean |log10 mel(ref) - log10 mel(est)| over a 64-bin mel spectrogram (1024-point
   window, hop 256 at 16 kHz, scaled with the sample rate), floor 1e-5. Lower is better; 0 is exact.
 - `stft_distance`: multi-resolution STFT distance (mean over 512/1024/2048-point windows at 16 kHz
-  of spectral convergence + mean |log magnitude difference|). Lower is better.
+  of spectral convergence + mean |log magnitude difference|). Lower is better. NaN for an all-zero
+  reference (spectral convergence is relative to the reference's energy).
 - `si_snr`: scale-invariant SNR in dB (zero-mean signals; est projected on ref). Higher is better.
   Undefined for a silent reference: returns NaN, never a made-up number.
 - `visqol`: ViSQOL MOS-LQO (1..5) through the optional `visqol-python` package (speech mode at 16 kHz)
@@ -73,6 +74,8 @@ def stft_distance(ref, est, sample_rate: int = 16000) -> float:
     r, e = _pair(ref, est)
     total = 0.0
     sizes = [_scaled(n, sample_rate) for n in (512, 1024, 2048)]
+    if float(r.abs().max()) == 0.0:
+        return float("nan")  # spectral convergence divides by the reference's energy
     for n in sizes:
         a, b = magnitude(stft(r, n, n // 4)), magnitude(stft(e, n, n // 4))
         sc = float(torch.linalg.norm(a - b) / torch.linalg.norm(a).clamp_min(1e-7))

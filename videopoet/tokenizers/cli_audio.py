@@ -24,11 +24,11 @@ def load_audio_tokenizer(model: Path | None = None):
 
 def load_audio_file(path: Path, sample_rate: int, seconds: float = 0.0):
     """A file -> ((1, 1, S) tensor at `sample_rate`, notes). `seconds` > 0 keeps only the start."""
+    import av
+
     from videopoet.data.media import probe, read_audio
     from videopoet.errors import InputError, MediaError
     from videopoet.tokenizers.audio import prepare_waveform
-
-    import av
 
     info = probe(path)
     if not info.has_audio:
@@ -113,7 +113,7 @@ def reconstruct_cmd(*, input: Path, out: Path, model: Path | None = None, levels
         rows.append((f"mu-law 8-bit @ {bps / 8:g} Hz", all_metrics(ref, b, tok.sample_rate, with_visqol=visqol)))
     for name, m in rows:
         print(f"{name:>24s}: " + "  ".join(
-            f"{k}={'n/a (silent reference)' if v != v else f'{v:.3f}'}" for k, v in m.items()))
+            f"{k}={'n/a (silent reference)' if math.isnan(v) else f'{v:.3f}'}" for k, v in m.items()))
 
 
 @command("audio encode")
