@@ -8,6 +8,11 @@
 - Classifier-free guidance runs conditional and unconditional rows in one batch:
   logits = uncond + scale * (cond - uncond); both rows are then fed the same sampled token.
 - Temperature (0 = greedy), top-k, top-p; a seed makes sampling reproducible.
+- `compile=True` runs the decoding steps through a shape-static step compiled with torch.compile
+  (videopoet/lm/fast_decode.py); same tokens, no other change. Compiling costs tens of seconds on a
+  small CPU, so the default (`compile=None`) compiles only when it pays: at least
+  `AUTO_COMPILE_STEPS` new positions, or a step already compiled in this process for the same
+  model, rows and cache bucket.
 """
 
 from __future__ import annotations
@@ -20,10 +25,16 @@ import torch
 from tqdm.auto import tqdm
 
 from videopoet.errors import InputError
+from videopoet.lm.fast_decode import DecodeStep, cache_len
 from videopoet.lm.model import KVCache, PrefixLM
 from videopoet.lm.sequence import Sequence, build_sequence, output_codes, stack_text_embeds
 from videopoet.lm.vocab import Vocabulary
 from videopoet.tasks.specs import get_task
+
+# compile=None compiles from this many generated positions on: ~20-45 s of compilation on a loaded
+# 2-core CPU against ~3-5 ms saved per step for the cpu preset (benchmarks/RESULTS.md, prefix LM)
+AUTO_COMPILE_STEPS = 8192
+_compiled_keys: set[tuple[int, int, int]] = set()  # (id(model), rows, cache length) compiled here
 
 
 @dataclass
@@ -133,12 +144,13 @@ def generate(
     use_cache: bool = True,
     progress: bool = False,
     pad_id: int = 0,
+    compile: bool | None = None,
 ) -> torch.Tensor:
     """Generate the positions described by `prompt.legal` -> ids (B, T_out).
 
     uncond: the unconditional prompt (same rows, e.g. text dropped) for classifier-free guidance
     with `guidance_scale`; use_cache=False recomputes the whole sequence each step (reference /
-    benchmark only).
+    benchmark only). compile: True/False, or None = only when it pays (see the module docstring).
     """
     if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
         raise InputError(
@@ -163,9 +175,16 @@ def generate(
         gen.manual_seed(seed)
     out = torch.empty(B, T_out, dtype=torch.long, device=device)
     kw = dict(prefix_len=P, key_valid=valid, text_embeds=emb, text_positions=pos)
+    step = None
     if use_cache:
-        cache = KVCache(model.cfg, R, P + T_out, device=device, dtype=dtype)
+        L = cache_len(P + T_out, model.cfg.max_seq_len)
+        key = (id(model), R, L)
+        if compile is None:
+            compile = T_out >= AUTO_COMPILE_STEPS or key in _compiled_keys
+        cache = KVCache(model.cfg, R, L if compile else P + T_out, device=device, dtype=dtype)
         h = model(ids, cache=cache, **kw)[:, -1]
+        if compile and T_out > 1:
+            step = DecodeStep(model, cache, compile=True)
     else:
         seq, seq_valid = ids, valid
         h = model(seq, **kw)[:, -1]
@@ -182,7 +201,11 @@ def generate(
         if t == T_out - 1:
             break
         feed = tok.repeat(R // B)[:, None]
-        if use_cache:
+        if step is not None:
+            h = step(feed)
+            if step.compile:
+                _compiled_keys.add(key)
+        elif use_cache:
             h = model(feed, cache=cache)[:, -1]
         else:
             seq = torch.cat([seq, feed], dim=1)

@@ -112,15 +112,17 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 
 class KVCache:
-    """Preallocated keys/values for all layers: (layers, B, Hkv, max_len, D), filled left to right."""
+    """Preallocated keys/values, one (B, Hkv, max_len, D) pair per layer, filled left to right.
+    (Separate tensors, not views of one: a compiled decoding step can then update them in place.)"""
 
     def __init__(self, cfg: LMConfig, batch: int, max_len: int, device=None, dtype=torch.float32):
         if max_len > cfg.max_seq_len:
             raise InputError(f"max_len={max_len}: longer than the model's max_seq_len={cfg.max_seq_len}")
-        shape = (cfg.n_layers, batch, cfg.n_kv_heads, max_len, cfg.head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.layers = [(self.k[i], self.v[i]) for i in range(cfg.n_layers)]  # per-layer views
+        shape = (batch, cfg.n_kv_heads, max_len, cfg.head_dim)
+        self.layers = [
+            (torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
+            for _ in range(cfg.n_layers)
+        ]
         self.key_valid = torch.ones(batch, max_len, dtype=torch.bool, device=device)
         self.has_padding = False
         self.pos = 0

@@ -1,0 +1,144 @@
+"""The shape-static (optionally compiled) decoding step gives what eager decoding gives."""
+
+import warnings
+
+import pytest
+import torch
+
+from videopoet.lm import fast_decode as FD
+from videopoet.lm import generate as G
+from videopoet.lm.generate import generate, make_prompt
+from videopoet.lm.model import KVCache, LMConfig, PrefixLM
+from videopoet.lm.sequence import build_sequence
+from videopoet.lm.vocab import Vocabulary
+
+VOCAB = Vocabulary(visual_bits=6, audio_levels=2, audio_codes=16, text_size=40)
+SHAPES = {"video": (2, 2, 2)}
+AV_SHAPES = {"video": (1, 2, 2), "audio": (2, 3)}  # visual, audio-level and forced-marker positions
+
+
+def model(**kw):
+    torch.manual_seed(0)
+    cfg = dict(vocab_size=VOCAB.size, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=512)
+    return PrefixLM(LMConfig(**{**cfg, **kw})).eval()
+
+
+def prompts(batch, text=True, task="i2v"):
+    seqs = []
+    for b in range(batch):
+        g = torch.Generator().manual_seed(b)
+        x = {"first_frame": torch.randint(0, 64, (1, 2, 2), generator=g)}
+        if task == "avcont":
+            x["audio"] = torch.randint(0, 16, (2, 1 + b % 3), generator=g)  # rows of different lengths
+        elif text:
+            x["text"] = torch.randint(0, 40, (1 + b % 3,), generator=g)
+        seqs.append(build_sequence(VOCAB, task, x, AV_SHAPES if task == "avcont" else SHAPES))
+    return make_prompt(seqs, VOCAB.pad_id)
+
+
+def spy_logits(monkeypatch):
+    seen = []
+    real = G.sample_logits
+
+    def spy(logits, **kw):
+        seen.append(logits.clone())
+        return real(logits, **kw)
+
+    monkeypatch.setattr(G, "sample_logits", spy)
+    return seen
+
+
+def check_same(m, monkeypatch, batch, task="i2v", **kw):
+    seen = spy_logits(monkeypatch)
+    uncond = prompts(batch, text=False) if "guidance_scale" in kw else None
+    ref = generate(m, prompts(batch, task=task), uncond=uncond, compile=False, **kw)
+    ref_logits = list(seen)
+    seen.clear()
+    out = generate(m, prompts(batch, task=task), uncond=uncond, compile=True, **kw)
+    logits = list(seen)
+    assert torch.equal(out, ref)
+    assert len(logits) == len(ref_logits) > 0
+    for a, b in zip(logits, ref_logits, strict=True):
+        assert torch.allclose(a, b, atol=1e-4, rtol=0)
+    lo, hi = prompts(batch, task=task).legal.T  # constrained: every token in its legal range
+    assert bool(((out >= lo) & (out < hi)).all())
+
+
+def test_cache_len_buckets():
+    assert FD.cache_len(1, 2048) == FD.BUCKET and FD.cache_len(FD.BUCKET, 2048) == FD.BUCKET
+    assert FD.cache_len(FD.BUCKET + 1, 2048) == 2 * FD.BUCKET
+    assert FD.cache_len(2000, 2048) == 2048 and FD.cache_len(300, 300) == 300
+
+
+def test_static_step_equals_forward_with_padding():
+    """The step itself (eager): same hidden states as PrefixLM.forward on a left-padded batch."""
+    m = model()
+    p = prompts(3)
+    R, P = p.ids.shape
+    toks = torch.randint(VOCAB.visual_range()[0], VOCAB.visual_range()[1], (R, 5))
+    with torch.no_grad():
+        a, b = KVCache(m.cfg, R, P + 5), KVCache(m.cfg, R, FD.cache_len(P + 5, m.cfg.max_seq_len))
+        for c in (a, b):
+            m(p.ids, cache=c, prefix_len=P, key_valid=p.key_valid)
+        step = FD.DecodeStep(m, b, compile=False)
+        for t in range(5):
+            ref = m(toks[:, t : t + 1], cache=a)[:, -1]
+            assert torch.allclose(step(toks[:, t : t + 1]), ref, atol=1e-5)
+    assert b.pos == a.pos == P + 5
+
+
+def test_static_step_falls_back_to_eager_when_compile_fails(monkeypatch):
+    def broken():
+        def fn(*a, **k):
+            raise RuntimeError("no C compiler")
+
+        return fn
+
+    monkeypatch.setattr(FD, "_compiled_step", broken)
+    monkeypatch.setattr(FD.DecodeStep, "_failed", False)
+    m = model()
+    ref = generate(m, prompts(2), seed=3, compile=False)
+    with pytest.warns(RuntimeWarning, match="decoding eagerly"):
+        out = generate(m, prompts(2), seed=3, compile=True)
+    assert torch.equal(out, ref)
+    assert FD.DecodeStep._failed  # not retried in this process
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert torch.equal(generate(m, prompts(2), seed=3, compile=True), ref)
+
+
+def test_auto_compile_rule(monkeypatch):
+    calls = []
+    real = FD.DecodeStep.__init__
+
+    def spy(self, model, cache, compile):
+        calls.append(compile)
+        real(self, model, cache, compile=False)  # count the decision, skip the compilation
+
+    monkeypatch.setattr(FD.DecodeStep, "__init__", spy)
+    m = model()
+    generate(m, prompts(1), seed=0)  # a few positions: not worth compiling
+    assert calls == []
+    monkeypatch.setattr(G, "AUTO_COMPILE_STEPS", 10)
+    generate(m, prompts(1), seed=0)
+    assert calls == [True]
+
+
+@pytest.mark.slow
+def test_compiled_decoding_gives_the_eager_tokens_and_logits(monkeypatch):
+    """torch.compile'd steps: batch 1 and 8, guidance, constrained ranges, sampling with a seed;
+    a second call with the same shapes does not recompile."""
+    pytest.importorskip("torch._inductor")
+    monkeypatch.setattr(FD.DecodeStep, "_failed", False)
+    m = model()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a compile failure would fall back silently
+        check_same(m, monkeypatch, 1, guidance_scale=2.0, seed=0, temperature=1.0)
+        check_same(m, monkeypatch, 8, guidance_scale=3.0, seed=1, top_k=5)
+        check_same(m, monkeypatch, 8, guidance_scale=1.5, temperature=0)
+        check_same(m, monkeypatch, 8, task="avcont", seed=2, temperature=2.0)  # audio-level ranges
+    torch._dynamo.config.error_on_recompile = True
+    try:
+        generate(m, prompts(8), uncond=prompts(8, text=False), guidance_scale=2.0, seed=2, compile=True)
+    finally:
+        torch._dynamo.config.error_on_recompile = False
