@@ -170,3 +170,18 @@ def test_bert_style_encoder(tmp_path, captions):
 def test_missing_encoder_is_not_available(tmp_path):
     with pytest.raises(NotAvailableError, match="never downloaded"):
         TextEmbedder(tmp_path / "t5-xl")
+
+
+def test_lm_vocabulary_reads_sizes_from_these_tokenizers(tiny_t5):
+    from types import SimpleNamespace
+
+    from videopoet.lm.vocab import Vocabulary
+    from videopoet.tokenizers.cli_audio import load_audio_tokenizer
+
+    video = SimpleNamespace(vocab_size=1024)
+    audio = load_audio_tokenizer()
+    v = Vocabulary.from_tokenizers(video, audio, default_text_tokenizer())
+    assert (v.audio_levels, v.audio_codes, v.text_size) == (4, 256, default_text_tokenizer().vocab_size)
+    assert v.audio_level_range(1) == (v.audio_offset + 256, v.audio_offset + 512)
+    emb = Vocabulary.from_tokenizers(video, audio, TextEmbedder(tiny_t5))  # embedding mode: no text ids
+    assert emb.text_size == 0
