@@ -22,14 +22,6 @@ from videopoet.tokenizers.video_train import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def debug_cfg(*overrides):
     return load_train_config("tokenizer/debug", list(overrides))
 
