@@ -8,11 +8,19 @@ Contenders (same weights shape: the `cpu` preset, ~13M parameters, fp32):
   ours           KV cache, sampling over the full vocabulary (equal work to transformers)
   ours+legal     KV cache, decoding constrained to the visual range (what a t2v prompt does)
   ours-nocache   our model recomputing the whole sequence at every step (batch 1 by default)
+  ours+compile   generate(compile=True): the shape-static decoding step compiled by torch.compile
+                 (videopoet/lm/fast_decode.py); "+legal" as above
   transformers   LlamaForCausalLM.generate(do_sample=True, top_k=0), its default DynamicCache
+  transformers+compile  (--hf-compile) the same with cache_implementation="static" and its
+                 forward compiled by generate (CompileConfig()._compile_all_devices = True on CPU)
   floor          only the model's weight matmuls for each token (no attention, norms, sampling or
                  Python): the bound set by streaming the fp32 weights from memory once per step
 
     .venv/bin/python benchmarks/bench_lm_decode.py [--preset cpu] [--batch 1 8] [--new 128] [--threads N]
+        [--no-compile] [--hf-compile]
+
+The first call of each compiled contender (its compilation, with inductor's on-disk cache as it is
+at that moment) is timed separately and printed as "compile s"; it is not in the tokens/s.
 """
 
 from __future__ import annotations
@@ -55,9 +63,10 @@ def measure(ours, ref, vocab, B: int, args) -> dict[str, tuple[float, float]]:
     full = Prompt(ids, torch.ones_like(ids, dtype=torch.bool), torch.tensor([[0, V]] * args.new))
     vis = Prompt(ids, full.key_valid, torch.tensor([list(vocab.visual_range())] * args.new))
 
-    def run_ref():
+    def run_ref(**extra):
         with torch.no_grad():
             out = ref.generate(
+                **extra,
                 input_ids=ids,
                 attention_mask=torch.ones_like(ids),
                 max_new_tokens=args.new,
@@ -88,7 +97,21 @@ def measure(ours, ref, vocab, B: int, args) -> dict[str, tuple[float, float]]:
     }
     if B in args.nocache_batch:
         contenders["ours-nocache"] = lambda: generate(ours, full, seed=0, use_cache=False)
+    if args.compile:
+        contenders["ours+compile"] = lambda: generate(ours, full, seed=0, compile=True)
+        contenders["ours+compile+legal"] = lambda: generate(ours, vis, seed=0, compile=True)
+    if args.hf_compile:
+        from transformers import CompileConfig
+
+        cc = CompileConfig()  # its defaults (mode "reduce-overhead": no CUDA graphs on CPU)
+        cc._compile_all_devices = True  # generate compiles only on accelerators otherwise
+        contenders["transformers+compile"] = lambda: run_ref(cache_implementation="static", compile_config=cc)
     contenders["ours"](), contenders["transformers"]()  # warm-up (allocator, lazy imports)
+    for name in ("ours+compile", "transformers+compile"):
+        if name in contenders:  # first call = compilation (+ one run), reported, not timed below
+            t = time.perf_counter()
+            contenders[name]()
+            print(f"batch {B}: {name} first call (compile) {time.perf_counter() - t:.1f} s", flush=True)
     times: dict[str, list[float]] = {k: [] for k in contenders}
     for _ in range(args.reps):
         for name, fn in contenders.items():
@@ -120,6 +143,10 @@ def main() -> None:
         help="batch sizes that also run our no-cache decoding",
     )
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--no-compile", dest="compile", action="store_false", help="skip ours+compile")
+    ap.add_argument(
+        "--hf-compile", action="store_true", help="also run transformers with a static cache + compile"
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -142,9 +169,9 @@ def main() -> None:
         tps = measure(ours, ref, vocab, B, args)
         rows += [(B, k, t, r) for k, (t, r) in tps.items()]
 
-    print(f"{'batch':>5}  {'contender':<14} {'tokens/s':>10}  {'vs transformers':>15}")
+    print(f"{'batch':>5}  {'contender':<20} {'tokens/s':>10}  {'vs transformers':>15}")
     for B, k, t, r in rows:
-        print(f"{B:>5}  {k:<14} {t:>10.1f}  {r:>14.2f}x")
+        print(f"{B:>5}  {k:<20} {t:>10.1f}  {r:>14.2f}x")
     print(f"\nload after: {os.getloadavg()[0]:.2f}")
 
 
