@@ -31,8 +31,10 @@ from videopoet.lm.sequence import Sequence, build_sequence, output_codes, stack_
 from videopoet.lm.vocab import Vocabulary
 from videopoet.tasks.specs import get_task
 
-# compile=None compiles from this many generated positions on: ~20-45 s of compilation on a loaded
-# 2-core CPU against ~3-5 ms saved per step for the cpu preset (benchmarks/RESULTS.md, prefix LM)
+# compile=None compiles from this many generated positions on. cpu preset, one thread: compiling
+# takes ~28-30 s with a cold inductor cache (~6 s warm) and saves ~3.6 ms per step at batch 1 and
+# 8, so it pays from ~8,000 steps cold (benchmarks/RESULTS.md, prefix LM). Later calls with the
+# same model, rows and cache bucket reuse the graph and always compile (for free).
 AUTO_COMPILE_STEPS = 8192
 _compiled_keys: set[tuple[int, int, int]] = set()  # (id(model), rows, cache length) compiled here
 
@@ -150,7 +152,8 @@ def generate(
 
     uncond: the unconditional prompt (same rows, e.g. text dropped) for classifier-free guidance
     with `guidance_scale`; use_cache=False recomputes the whole sequence each step (reference /
-    benchmark only). compile: True/False, or None = only when it pays (see the module docstring).
+    benchmark only). compile: True/False, or None = only when it pays (see the module docstring);
+    it applies to cached decoding only.
     """
     if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
         raise InputError(
