@@ -70,9 +70,10 @@ def test_cache_len_buckets():
     assert FD.cache_len(2000, 2048) == 2048 and FD.cache_len(300, 300) == 300
 
 
-def test_static_step_equals_forward_with_padding():
+@pytest.mark.parametrize("factorized", [False, True])
+def test_static_step_equals_forward_with_padding(factorized):
     """The step itself (eager): same hidden states as PrefixLM.forward on a left-padded batch."""
-    m = model()
+    m = model(factorized_visual=factorized, visual_offset=VOCAB.visual_offset, visual_bits=6)
     p = prompts(3)
     R, P = p.ids.shape
     toks = torch.randint(VOCAB.visual_range()[0], VOCAB.visual_range()[1], (R, 5))
