@@ -7,6 +7,8 @@
                    prefix_lm_loss
     attention.py   the one attention function (sdpa / flex / xformers, chosen once)
     generate.py    make_prompt, generate (KV cache, constrained, guidance, top-k/top-p), sample_task
+    fast_decode.py the one-token decoding step, shape-stable so torch.compile builds one graph
+                   (used by generate when compile=True, or automatically when it pays off)
     pretrained.py  presets (configs/lm/*.yaml) and LM directories (config.json, model.safetensors,
                    vocab.json)
 The task table itself is data in videopoet/tasks/specs.py.
