@@ -107,9 +107,11 @@ def test_atomic_write_gives_normal_file_mode(tmp_path):
     umask = os.umask(0o022)
     try:
         save_json({"v": 1}, tmp_path / "f.json")
+        save_model_dir(tmp_path / "m", {}, {"w": torch.zeros(2)})  # safetensors replaces its file
     finally:
         os.umask(umask)
-    assert (tmp_path / "f.json").stat().st_mode & 0o777 == 0o644
+    for f in (tmp_path / "f.json", tmp_path / "m" / "config.json", tmp_path / "m" / "model.safetensors"):
+        assert f.stat().st_mode & 0o777 == 0o644, f
 
 
 def test_model_dir_round_trip_and_errors(tmp_path):
