@@ -11,14 +11,6 @@ from videopoet.config import from_dict, load_yaml
 from videopoet.tokenizers.video import VideoTokenizer, VideoTokenizerConfig
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     torch.manual_seed(0)
@@ -107,17 +99,16 @@ def test_train_command_writes_a_loadable_model(capsys, tmp_path):
 
 
 def test_shipped_default_tokenizer_loads_and_round_trips():
-    from videopoet.assets import ASSETS
-
-    if not (ASSETS / "video_tokenizer" / "config.json").is_file():
-        pytest.skip("no shipped video tokenizer yet")
     from videopoet.tokenizers.cli_video import load_video_tokenizer
+    from videopoet.tokenizers.video_train import load_train_config
 
     tok = load_video_tokenizer()
-    assert tok.config.bits == 10 and tok.token_shape((3, 17, 64, 64)) == (5, 8, 8)
+    # the shipped model is the `cpu` preset's model (its vocabulary is the LM cpu preset's visual range)
+    assert tok.config == load_train_config("tokenizer/cpu").model
+    assert tok.config.bits == 10 and tok.token_shape((3, 17, 64, 64)) == (5, 16, 16)
     x = torch.zeros(1, 3, 17, 64, 64)
     codes = tok.encode(x)
-    assert codes.shape == (1, 5, 8, 8) and tok.decode(codes).shape == (1, 3, 17, 64, 64)
+    assert codes.shape == (1, 5, 16, 16) and tok.decode(codes).shape == (1, 3, 17, 64, 64)
 
 
 @pytest.mark.slow
