@@ -12,11 +12,14 @@ not_available("sr train", "super-resolution: not built yet")
 
 @command("quickstart")
 def quickstart(*, out: Path = Path("demo_out"), num: int = 6, size: int = 64, seed: int = 0) -> None:
-    """Write a first look at videopoet: sample shapes-benchmark clips with audio and a contact sheet.
+    """A first look at videopoet: shapes-benchmark clips, and the shipped tokenizers on one of them.
 
-    For now this shows the data every task is trained and scored on: OUT/shapes/clips/*.mp4 (with
-    audio: a tone per object, a click per bounce), their ground truth and manifest, and
-    OUT/contact_sheet.png (one row per clip). It prints each clip's caption.
+    Writes the data every task is trained and scored on: OUT/shapes/clips/*.mp4 (with audio: a tone
+    per object, a click per bounce), their ground truth and manifest, and OUT/contact_sheet.png (one
+    row per clip), and prints each clip's caption. Then it passes clip 0 through the shipped video
+    tokenizer and audio codec (the tokens the LM sees) and writes OUT/reconstruction.mp4: original
+    left, reconstruction right, with the reconstructed sound; it prints the token grids and PSNR/SSIM
+    and mel distance.
 
     Args:
         out: output folder.
@@ -41,3 +44,30 @@ def quickstart(*, out: Path = Path("demo_out"), num: int = 6, size: int = 64, se
         print(f"{i}: {c.caption}")
     print(f"wrote {num} clips with audio to {manifest.parent / 'clips'} (manifest: {manifest})")
     print(f"contact sheet: {sheet}")
+    _tokenizer_round_trip(clips[0], Path(out) / "reconstruction.mp4")
+
+
+def _tokenizer_round_trip(clip, path: Path) -> None:
+    """Clip -> shipped video/audio tokens -> media, written side by side with the original."""
+    import torch
+
+    from videopoet.data.media import audio_to_tensor, tensor_to_video, video_to_tensor, write_video
+    from videopoet.eval.audio_metrics import mel_distance
+    from videopoet.eval.video_metrics import psnr, ssim
+    from videopoet.tokenizers.cli_audio import load_audio_tokenizer
+    from videopoet.tokenizers.cli_video import load_video_tokenizer
+
+    vtok, atok = load_video_tokenizer(), load_audio_tokenizer()
+    x = video_to_tensor(clip.video)[None]  # (1, 3, T, H, W)
+    a = audio_to_tensor(clip.audio)[None]  # (1, 1, S)
+    with torch.no_grad():
+        vcodes = vtok.encode(x)  # (1, t, h, w)
+        x_hat = vtok.decode(vcodes)[:, :, : x.shape[2]]
+        acodes = atok.encode(a)  # (1, levels, frames)
+        a_hat = atok.decode(acodes)  # (1, 1, frames * hop)
+    side = tensor_to_video(torch.cat([x, x_hat], dim=-1))
+    write_video(path, side, clip.fps, audio=a_hat[0].numpy(), sample_rate=atok.sample_rate)
+    print(f"shipped tokenizers on clip 0: video -> {tuple(vcodes.shape[1:])} tokens, PSNR {psnr(x, x_hat):.1f} dB, "
+          f"SSIM {ssim(x, x_hat):.3f}; audio -> {tuple(acodes.shape[1:])} tokens, "
+          f"mel distance {mel_distance(a[..., : a_hat.shape[-1]], a_hat, atok.sample_rate):.3f}")
+    print(f"reconstruction (original | decoded, with decoded sound): {path}")
