@@ -85,7 +85,7 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def wav(tmp_path_factory):
-    from videopoet.data.media import write_audio
+    from videopoet.data.writers import write_audio
 
     sr = 22050
     t = np.arange(int(0.6 * sr)) / sr

@@ -109,7 +109,7 @@ def test_batches_are_a_function_of_the_step():
 
 
 def test_real_recordings_keep_a_held_out_tail(tmp_path):
-    from videopoet.data.media import write_audio
+    from videopoet.data.writers import write_audio
 
     t = np.arange(3 * 8000) / 8000
     write_audio(tmp_path / "long.wav", (0.5 * np.sin(2 * math.pi * 300 * t))[None].astype(np.float32), 8000)

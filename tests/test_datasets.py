@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from videopoet.data import media as M
+from videopoet.data import writers as Wr
 from videopoet.data.datasets import ClipBatchSampler, ClipDataset, collate_clips
 from videopoet.data.samples import sample_media_dataset, sample_media_paths
 from videopoet.errors import ConfigError, InputError, MediaError
@@ -41,11 +41,11 @@ def tone(seconds: float) -> np.ndarray:
 def folder(tmp_path_factory):
     """10 fps clips: a.mp4 (3 s, with audio, captioned), sub/b.mp4 (0.5 s, silent), one image, one broken file."""
     d = tmp_path_factory.mktemp("clips")
-    M.write_video(d / "a.mp4", ramp(30, 10), 10, audio=tone(3.0), sample_rate=SR)
+    Wr.write_video(d / "a.mp4", ramp(30, 10), 10, audio=tone(3.0), sample_rate=SR)
     (d / "a.txt").write_text("a grey ramp\n")
     (d / "sub").mkdir()
-    M.write_video(d / "sub" / "b.mp4", ramp(5, 10), 10)
-    M.write_image(d / "c.png", np.full((20, 30, 3), 200, np.uint8))
+    Wr.write_video(d / "sub" / "b.mp4", ramp(5, 10), 10)
+    Wr.write_image(d / "c.png", np.full((20, 30, 3), 200, np.uint8))
     (d / "broken.mp4").write_bytes(b"not a video" * 50)
     (d / "notes.md").write_text("ignored")
     (d / ".hidden.mp4").write_bytes(b"")
@@ -96,7 +96,7 @@ def test_manifest_windows_relative_paths_and_meta(folder, tmp_path):
         {"path": "rel.png", "caption": "an image"},
         {"path": "missing.mp4"},
     ]
-    M.write_image(tmp_path / "rel.png", np.zeros((8, 8, 3), np.uint8))
+    Wr.write_image(tmp_path / "rel.png", np.zeros((8, 8, 3), np.uint8))
     (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n\n")
     ds = ClipDataset(tmp_path / "m.jsonl", num_frames=4, fps=10, size=8)
     assert [e.is_image for e in ds.entries] == [False, True, False] and ds.entries[0].meta == {

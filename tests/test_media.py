@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from videopoet.data import media as M
+from videopoet.data import writers as Wr
 from videopoet.errors import InputError, MediaError, VideoPoetError
 
 pytestmark = pytest.mark.timeout(60)  # a hang on a bad file fails the test instead of stalling CI
@@ -48,7 +49,7 @@ def peak_hz(audio: np.ndarray, sr: int) -> float:
 def av_file(tmp_path_factory) -> tuple:
     """A 2 s, 20 fps, 64x48 mp4 with a 440 Hz mono AAC track at 16 kHz."""
     path = tmp_path_factory.mktemp("media") / "clip.mp4"
-    M.write_video(path, grey_ramp(), FPS, audio=sine(T / FPS), sample_rate=SR)
+    Wr.write_video(path, grey_ramp(), FPS, audio=sine(T / FPS), sample_rate=SR)
     return path, grey_ramp(), sine(T / FPS)
 
 
@@ -72,7 +73,7 @@ def test_read_audio_of_video_and_wav(av_file, tmp_path):
     assert sr == SR and a.shape == (1, 2 * SR)  # encoder padding past the declared end is dropped
     assert close_audio(a, audio)
     stereo = np.concatenate([audio, -audio * 0.5])
-    wav = M.write_audio(tmp_path / "s.wav", stereo, SR)
+    wav = Wr.write_audio(tmp_path / "s.wav", stereo, SR)
     b, _ = M.read_audio(wav, sample_rate=SR, mono=False)
     assert b.shape == (2, 2 * SR) and np.abs(b - stereo).max() <= 1 / 32767 + 1e-6
     mono, _ = M.read_audio(wav, sample_rate=SR)
@@ -80,7 +81,7 @@ def test_read_audio_of_video_and_wav(av_file, tmp_path):
 
 
 def test_webm_round_trip(tmp_path):
-    path = M.write_video(tmp_path / "c.webm", grey_ramp(10), 10, audio=sine(1.0), sample_rate=SR)
+    path = Wr.write_video(tmp_path / "c.webm", grey_ramp(10), 10, audio=sine(1.0), sample_rate=SR)
     v = M.read_video(path, with_audio=True)
     assert v.frames.shape == (10, H, W, 3) and v.fps == pytest.approx(10)
     assert (frame_index(v.frames) == np.arange(10)).all()
@@ -90,7 +91,7 @@ def test_webm_round_trip(tmp_path):
 def test_odd_sizes_are_padded_for_h264(tmp_path):
     frames = np.random.default_rng(0).integers(0, 255, (3, 47, 63, 3)).astype(np.uint8)
     frames[:] = frames[:, :1, :1]  # flat frames: exact after coding
-    v = M.read_video(M.write_video(tmp_path / "odd.mp4", frames, 8))
+    v = M.read_video(Wr.write_video(tmp_path / "odd.mp4", frames, 8))
     assert v.frames.shape == (3, 48, 64, 3)
     assert np.abs(v.frames[:, :47, :63].astype(int) - frames).max() <= 3
 
@@ -116,7 +117,7 @@ def test_read_video_fps_and_window(av_file):
 
 
 def test_seek_into_a_longer_video(tmp_path):
-    path = M.write_video(tmp_path / "long.mp4", grey_ramp(45, 16, 16), 10, audio=sine(4.5), sample_rate=SR)
+    path = Wr.write_video(tmp_path / "long.mp4", grey_ramp(45, 16, 16), 10, audio=sine(4.5), sample_rate=SR)
     v = M.read_video(path, start=3.0, end=3.5, with_audio=True)  # past 2 s: seeks instead of decoding all
     assert frame_index(v.frames).tolist() == [30, 31, 32, 33, 34]
     assert v.audio.shape == (1, SR // 2) and close_audio(v.audio, sine(4.5)[:, 3 * SR : 3 * SR + SR // 2])
@@ -175,7 +176,7 @@ def test_sample_clip():
 @pytest.mark.parametrize("ext", [".gif", ".webp"])
 def test_animated_gif_and_webp(tmp_path, ext):
     frames = grey_ramp(12, 24, 32)
-    path = M.write_video(tmp_path / f"a{ext}", frames, 10)
+    path = Wr.write_video(tmp_path / f"a{ext}", frames, 10)
     info = M.probe(path)
     assert info.kind == "video" and info.num_frames == 12 and info.fps == pytest.approx(10)
     v = M.read_video(path)
@@ -188,21 +189,21 @@ def test_animated_gif_and_webp(tmp_path, ext):
 
 
 def test_gif_timing_without_drift(tmp_path):
-    path = M.write_gif(tmp_path / "g.gif", grey_ramp(16, 8, 8), 8)  # 125 ms frames: GIF stores 12/13 cs
+    path = Wr.write_gif(tmp_path / "g.gif", grey_ramp(16, 8, 8), 8)  # 125 ms frames: GIF stores 12/13 cs
     v = M.read_video(path, fps=8)
     assert len(v.frames) == 16 and frame_index(v.frames).tolist() == list(range(16))
 
 
 def test_images_are_one_frame_videos(tmp_path):
     img = np.random.default_rng(0).integers(0, 255, (30, 40, 3)).astype(np.uint8)
-    png = M.write_image(tmp_path / "i.png", img)
+    png = Wr.write_image(tmp_path / "i.png", img)
     assert (M.read_image(png) == img).all()
     v = M.read_video(png, fps=8, size=20)
     assert v.frames.shape == (1, 20, 20, 3) and v.fps == 8
     assert (M.read_video(png).frames[0] == img).all()
-    jpg = M.write_image(tmp_path / "i.jpg", np.full((30, 40, 3), 77, np.uint8))
+    jpg = Wr.write_image(tmp_path / "i.jpg", np.full((30, 40, 3), 77, np.uint8))
     assert np.abs(M.read_image(jpg).astype(int) - 77).max() <= 2
-    webp = M.write_image(tmp_path / "i.webp", np.full((30, 40, 3), 200, np.uint8))
+    webp = Wr.write_image(tmp_path / "i.webp", np.full((30, 40, 3), 200, np.uint8))
     assert M.probe(webp).kind == "image" and M.read_video(webp).frames.shape == (1, 30, 40, 3)
 
 
@@ -251,7 +252,7 @@ def test_tensor_conversions_round_trip():
 def test_contact_sheet(tmp_path):
     a = grey_ramp(8, 10, 12)
     b = np.full((2, 6, 6, 3), 250, np.uint8)
-    path = M.write_contact_sheet(tmp_path / "s.png", [a, b], max_frames=4, labels=["ramp", "flat"])
+    path = Wr.write_contact_sheet(tmp_path / "s.png", [a, b], max_frames=4, labels=["ramp", "flat"])
     sheet = M.read_image(path)
     pad, lab = 2, 12
     assert sheet.shape == (2 * (10 + pad + lab) + pad, 4 * (12 + pad) + pad, 3)
@@ -278,15 +279,15 @@ def bad_files(tmp_path_factory, av_file) -> dict:
     corrupt[len(good) // 3 : len(good) // 3 + 2000] = rng.integers(0, 256, 2000, dtype=np.uint8).tobytes()
     (d / "corrupt.mp4").write_bytes(bytes(corrupt))
     for name, frames in (("g.gif", grey_ramp(6, 16, 16)), ("w.webp", grey_ramp(6, 16, 16))):
-        data = M.write_video(d / name, frames, 8).read_bytes()
+        data = Wr.write_video(d / name, frames, 8).read_bytes()
         (d / f"cut_{name}").write_bytes(data[: len(data) // 2])
-    img = M.write_image(d / "i.png", np.random.default_rng(1).integers(0, 255, (32, 32, 3)).astype(np.uint8))
+    img = Wr.write_image(d / "i.png", np.random.default_rng(1).integers(0, 255, (32, 32, 3)).astype(np.uint8))
     (d / "cut_i.png").write_bytes(img.read_bytes()[:200])
     from PIL import Image
 
     Image.new("L", (9000, 2)).save(d / "wide.png")
-    M.write_video(d / "silent.mp4", grey_ramp(4), 8)
-    M.write_audio(d / "tone.wav", sine(0.5), SR)
+    Wr.write_video(d / "silent.mp4", grey_ramp(4), 8)
+    Wr.write_audio(d / "tone.wav", sine(0.5), SR)
     (d / "folder.mp4").mkdir()
     return {p.name: p for p in d.iterdir()}
 
@@ -334,11 +335,11 @@ def test_missing_audio_and_empty_windows(bad_files):
 
 def test_bad_arrays_and_extensions(tmp_path):
     with pytest.raises(InputError):
-        M.write_video(tmp_path / "x.mp4", np.zeros((2, 8, 8), np.uint8), 8)
+        Wr.write_video(tmp_path / "x.mp4", np.zeros((2, 8, 8), np.uint8), 8)
     with pytest.raises(InputError):
-        M.write_video(tmp_path / "x.avi", grey_ramp(2, 8, 8), 8)
+        Wr.write_video(tmp_path / "x.avi", grey_ramp(2, 8, 8), 8)
     with pytest.raises(InputError):
-        M.write_video(tmp_path / "x.mp4", grey_ramp(2, 8, 8), 0)
+        Wr.write_video(tmp_path / "x.mp4", grey_ramp(2, 8, 8), 0)
     with pytest.raises(InputError):
-        M.write_audio(tmp_path / "x.wav", np.zeros(10, np.int16), SR)
+        Wr.write_audio(tmp_path / "x.wav", np.zeros(10, np.int16), SR)
     assert not list(tmp_path.iterdir())  # nothing half-written

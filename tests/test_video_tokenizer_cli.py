@@ -21,7 +21,7 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory):
-    from videopoet.data.media import write_video
+    from videopoet.data.writers import write_video
 
     t = np.arange(12)[:, None, None, None]
     yy, xx = np.mgrid[0:48, 0:48]

@@ -762,7 +762,7 @@ def write_shapes(
     paths are relative to the manifest's folder) and shapes.json (the generator config and seed).
     Every file is written atomically; the manifest last, so a folder with a manifest is complete.
     """
-    from videopoet.data.media import write_video
+    from videopoet.data.writers import write_video
     from videopoet.io_utils import atomic_path, atomic_write_text
 
     if isinstance(num, bool) or not isinstance(num, (int, np.integer)) or num <= 0:

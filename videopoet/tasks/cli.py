@@ -27,8 +27,8 @@ def quickstart(*, out: Path = Path("demo_out"), num: int = 6, size: int = 64, se
         size: frame height and width in pixels (32..128).
         seed: generator seed.
     """
-    from videopoet.data.media import write_contact_sheet
     from videopoet.data.shapes import ShapesConfig, make_clip, write_shapes
+    from videopoet.data.writers import write_contact_sheet
     from videopoet.errors import InputError
 
     if not isinstance(num, int) or not 1 <= num <= 32:
@@ -51,7 +51,8 @@ def _tokenizer_round_trip(clip, path: Path) -> None:
     """Clip -> shipped video/audio tokens -> media, written side by side with the original."""
     import torch
 
-    from videopoet.data.media import audio_to_tensor, tensor_to_video, video_to_tensor, write_video
+    from videopoet.data.media import audio_to_tensor, tensor_to_video, video_to_tensor
+    from videopoet.data.writers import write_video
     from videopoet.eval.audio_metrics import mel_distance
     from videopoet.eval.video_metrics import psnr, ssim
     from videopoet.tokenizers.cli_audio import load_audio_tokenizer

@@ -88,7 +88,7 @@ def reconstruct_cmd(*, input: Path, out: Path, model: Path | None = None, levels
 
     import torch
 
-    from videopoet.data.media import write_audio
+    from videopoet.data.writers import write_audio
     from videopoet.errors import InputError
     from videopoet.eval.audio_metrics import all_metrics, mulaw_codec
 
@@ -156,7 +156,7 @@ def decode_cmd(*, input: Path, out: Path, model: Path | None = None) -> None:
     """
     from safetensors import safe_open
 
-    from videopoet.data.media import write_audio
+    from videopoet.data.writers import write_audio
     from videopoet.errors import InputError, MediaError
 
     tok = load_audio_tokenizer(model)

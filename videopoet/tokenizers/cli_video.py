@@ -39,7 +39,8 @@ def _read_input(tok, path: Path, frames: int, size: int | None, fps: float):
 
 def _write_output(out: Path, video, fps: float) -> Path:
     """(1, 3, T, H, W) in [-1, 1] -> a video file (or an image file for a 1-frame .png/.jpg output)."""
-    from videopoet.data.media import tensor_to_video, write_image, write_video
+    from videopoet.data.media import tensor_to_video
+    from videopoet.data.writers import write_image, write_video
 
     frames = tensor_to_video(video)
     if out.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"):
