@@ -4,6 +4,7 @@ import warnings
 
 import pytest
 import torch
+from lm_helpers import spy_logits
 
 from videopoet.lm import fast_decode as FD
 from videopoet.lm import generate as G
@@ -34,18 +35,6 @@ def prompts(batch, text=True, task="i2v"):
             x["text"] = torch.randint(0, 40, (1 + b % 3,), generator=g)
         seqs.append(build_sequence(VOCAB, task, x, AV_SHAPES if task == "avcont" else SHAPES))
     return make_prompt(seqs, VOCAB.pad_id)
-
-
-def spy_logits(monkeypatch):
-    seen = []
-    real = G.sample_logits
-
-    def spy(logits, **kw):
-        seen.append(logits.clone())
-        return real(logits, **kw)
-
-    monkeypatch.setattr(G, "sample_logits", spy)
-    return seen
 
 
 def check_same(m, monkeypatch, batch, task="i2v", **kw):

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from lm_helpers import spy_logits
 
 from videopoet.errors import InputError
-from videopoet.lm import generate as G
 from videopoet.lm.generate import generate, make_prompt, sample_logits, sample_task
 from videopoet.lm.model import LMConfig, PrefixLM
 from videopoet.lm.sequence import build_sequence, output_codes
@@ -38,24 +38,12 @@ def test_cached_decoding_equals_uncached_greedy():
     assert torch.equal(alone[0], a[1])
 
 
-def _spy_logits(monkeypatch):
-    seen = []
-    real = G.sample_logits
-
-    def spy(logits, **kw):
-        seen.append(logits.clone())
-        return real(logits, **kw)
-
-    monkeypatch.setattr(G, "sample_logits", spy)
-    return seen
-
-
 def test_guidance_scale_one_equals_conditional_logits(monkeypatch):
     m = model()
     shapes = {"video": (1, 2, 3)}
     cond = prompts([{"text": torch.tensor([1, 2, 3, 4])}], shapes)
     unc = prompts([{}], shapes)  # text dropped: a shorter prefix, left-padded in the joint batch
-    seen = _spy_logits(monkeypatch)
+    seen = spy_logits(monkeypatch)
     a = generate(m, cond, temperature=0)
     ref = [x.clone() for x in seen]
     seen.clear()
