@@ -4,7 +4,7 @@ import warnings
 
 import pytest
 import torch
-from lm_helpers import spy_logits
+from lm_helpers import LogitsSpy
 
 from videopoet.lm import fast_decode as FD
 from videopoet.lm import generate as G
@@ -37,14 +37,11 @@ def prompts(batch, text=True, task="i2v"):
     return make_prompt(seqs, VOCAB.pad_id)
 
 
-def check_same(m, monkeypatch, batch, task="i2v", **kw):
-    seen = spy_logits(monkeypatch)
+def check_same(m, batch, task="i2v", **kw):
+    ref_logits, logits = LogitsSpy(), LogitsSpy()
     uncond = prompts(batch, text=False) if "guidance_scale" in kw else None
-    ref = generate(m, prompts(batch, task=task), uncond=uncond, compile=False, **kw)
-    ref_logits = list(seen)
-    seen.clear()
-    out = generate(m, prompts(batch, task=task), uncond=uncond, compile=True, **kw)
-    logits = list(seen)
+    ref = generate(m, prompts(batch, task=task), uncond=uncond, compile=False, logits_hook=ref_logits, **kw)
+    out = generate(m, prompts(batch, task=task), uncond=uncond, compile=True, logits_hook=logits, **kw)
     assert torch.equal(out, ref)
     assert len(logits) == len(ref_logits) > 0
     for a, b in zip(logits, ref_logits, strict=True):
@@ -78,13 +75,13 @@ def test_static_step_equals_forward_with_padding(factorized):
 
 
 def test_static_step_falls_back_to_eager_when_compile_fails(monkeypatch):
-    def broken():
+    def broken(name):
         def fn(*a, **k):
             raise RuntimeError("no C compiler")
 
         return fn
 
-    monkeypatch.setattr(FD, "_compiled_step", broken)
+    monkeypatch.setattr(FD, "_compiled_fn", broken)
     monkeypatch.setattr(FD.DecodeStep, "_failed", False)
     m = model()
     ref = generate(m, prompts(2), seed=3, compile=False)
@@ -117,18 +114,23 @@ def test_auto_compile_rule(monkeypatch):
 @pytest.mark.slow
 def test_compiled_decoding_gives_the_eager_tokens_and_logits(monkeypatch):
     """torch.compile'd steps: batch 1 and 8, guidance, constrained ranges, sampling with a seed;
-    a second call with the same shapes does not recompile."""
+    a second call with the same shapes and sampling filters (other seed, temperature, guidance
+    scale, legal ranges, prompt length) does not recompile."""
     pytest.importorskip("torch._inductor")
     monkeypatch.setattr(FD.DecodeStep, "_failed", False)
     m = model()
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # a compile failure would fall back silently
-        check_same(m, monkeypatch, 1, guidance_scale=2.0, seed=0, temperature=1.0)
-        check_same(m, monkeypatch, 8, guidance_scale=3.0, seed=1, top_k=5)
-        check_same(m, monkeypatch, 8, guidance_scale=1.5, temperature=0)
-        check_same(m, monkeypatch, 8, task="avcont", seed=2, temperature=2.0)  # audio-level ranges
+        check_same(m, 1, guidance_scale=2.0, seed=0, temperature=1.0)
+        check_same(m, 8, guidance_scale=3.0, seed=1, top_k=5)
+        check_same(m, 8, guidance_scale=1.5, temperature=0)
+        check_same(m, 8, task="avcont", seed=2, temperature=2.0)  # audio-level ranges
     torch._dynamo.config.error_on_recompile = True
     try:
-        generate(m, prompts(8), uncond=prompts(8, text=False), guidance_scale=2.0, seed=2, compile=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)  # a RecompileError would fall back with a warning
+            g = dict(compile=True, top_k=5)
+            generate(m, prompts(8), uncond=prompts(8, text=False), guidance_scale=2.0, seed=2, temperature=0.7, **g)
+            generate(m, prompts(8), uncond=prompts(8), guidance_scale=1.2, seed=3, **g)
     finally:
         torch._dynamo.config.error_on_recompile = False

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from lm_helpers import spy_logits
+from lm_helpers import LogitsSpy
 
 from videopoet.errors import InputError
 from videopoet.lm.generate import generate, make_prompt, sample_logits, sample_task
@@ -38,26 +38,26 @@ def test_cached_decoding_equals_uncached_greedy():
     assert torch.equal(alone[0], a[1])
 
 
-def test_guidance_scale_one_equals_conditional_logits(monkeypatch):
+def test_guidance_scale_one_equals_conditional_logits():
     m = model()
     shapes = {"video": (1, 2, 3)}
     cond = prompts([{"text": torch.tensor([1, 2, 3, 4])}], shapes)
     unc = prompts([{}], shapes)  # text dropped: a shorter prefix, left-padded in the joint batch
-    seen = spy_logits(monkeypatch)
-    a = generate(m, cond, temperature=0)
+    seen = LogitsSpy()
+    a = generate(m, cond, temperature=0, logits_hook=seen)
     ref = [x.clone() for x in seen]
     seen.clear()
-    b = generate(m, cond, uncond=unc, guidance_scale=1.0, temperature=0)
+    b = generate(m, cond, uncond=unc, guidance_scale=1.0, temperature=0, logits_hook=seen)
     assert torch.equal(a, b)
     assert len(seen) == len(ref) == 6
     for x, y in zip(seen, ref, strict=True):
         assert torch.allclose(x, y, atol=1e-5)
     # guidance > 1 moves the logits away from the unconditional ones by the given factor
     seen.clear()
-    generate(m, unc, temperature=0)
+    generate(m, unc, temperature=0, logits_hook=seen)
     u0 = seen[0].clone()
     seen.clear()
-    generate(m, cond, uncond=unc, guidance_scale=3.0, temperature=0)
+    generate(m, cond, uncond=unc, guidance_scale=3.0, temperature=0, logits_hook=seen)
     assert torch.allclose(seen[0], u0 + 3.0 * (ref[0] - u0), atol=1e-4)
 
 

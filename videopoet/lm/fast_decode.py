@@ -14,13 +14,17 @@ module exploits:
   (`mark_dynamic` on the (R, n) key-validity input), so there is no recompilation per step and
   no work on empty slots (attending over all L slots with a mask was 20-40% slower at batch 8:
   reading the cache is a third of a step there);
-- the query is past the prefix, so the prefix-LM mask reduces to the key validity (padding).
+- the query is past the prefix, so the prefix-LM mask reduces to the key validity (padding);
+- `sample_step` continues the same graph with the logits over the whole vocabulary, the legal
+  range of the position as a mask (a tensor: one graph for visual, audio-level and marker
+  positions), classifier-free guidance, temperature / top-k / top-p and the draw itself, from
+  uniforms the caller takes from its `torch.Generator` (videopoet/lm/sampling.py): the same
+  tokens as eager decoding with the same seed, and no eager sampling kernels between steps.
 
 `DecodeStep(model, cache, compile=True)` compiles the step with inductor (it fuses RMSNorm,
-rotary, SwiGLU, residuals and attention and removes the per-op dispatch); if compilation fails
-(no C compiler, an unsupported op) it warns once and runs the same step eagerly. Logits and
-sampling stay eager: their id range changes between positions (constrained decoding) and the
-sampler uses a `torch.Generator`, so the random stream is the one of eager decoding.
+rotary, SwiGLU, residuals, attention and sampling and removes the per-op dispatch); if
+compilation fails (no C compiler, an unsupported op) it warns once and runs the same step
+eagerly. Each distinct `Sampling` (rows, guidance on/off, greedy, top-k, top-p) is its own graph.
 """
 
 from __future__ import annotations
@@ -28,10 +32,12 @@ from __future__ import annotations
 import logging
 import time
 import warnings
+from dataclasses import dataclass
 
 import torch
 
-from videopoet.lm.model import KVCache, PrefixLM, apply_rotary
+from videopoet.lm.model import KVCache, PrefixLM
+from videopoet.lm.sampling import guided_logits, pick
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +47,14 @@ BUCKET = 256  # cache lengths are rounded up to a multiple of this (one compiled
 def cache_len(n: int, max_seq_len: int) -> int:
     """The static cache length for n positions: n rounded up to BUCKET, capped at max_seq_len."""
     return min(-(-n // BUCKET) * BUCKET, max_seq_len)
+
+
+def rotary_halves(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """`apply_rotary` with rotate-half written as a concatenation of the two halves: the same
+    values, but inductor loads each half with contiguous vector loads, where `roll`'s modulo
+    index became a scalar gather repeated for every cached key the query meets."""
+    h = x.shape[-1] // 2
+    return torch.addcmul(x * cos, torch.cat([x[..., h:], x[..., :h]], dim=-1), sin)
 
 
 def decode_step(
@@ -66,7 +80,7 @@ def decode_step(
         H, Hkv, D = a.h, a.hkv, a.dh
         qkv = a.wqkv(layer.attn_norm(x)).view(R, 1, H + 2 * Hkv, D)
         qk, vn = qkv.split([H + Hkv, Hkv], 2)
-        q, kn = apply_rotary(qk, cos, sin).split([H, Hkv], 2)
+        q, kn = rotary_halves(qk, cos, sin).split([H, Hkv], 2)
         ck, cv = kv[i]
         ck[:, :, p] = kn.transpose(1, 2)
         cv[:, :, p] = vn.transpose(1, 2)
@@ -79,54 +93,115 @@ def decode_step(
     return model.norm(x)[:, 0]
 
 
-_compiled = None  # one torch.compile wrapper per process; dynamo keys its graphs on the guards
+@dataclass(frozen=True)
+class Sampling:
+    """What the fused decode-and-sample step does after the hidden state (static per `generate`
+    call: each distinct value is its own compiled graph)."""
+
+    batch: int  # B output rows; the step runs R = B or 2 B (guidance: conditional, unconditional)
+    guided: bool
+    greedy: bool
+    top_k: int = 0
+    top_p: float = 1.0
 
 
-def _compiled_step():
-    global _compiled
-    if _compiled is None:
-        _compiled = torch.compile(decode_step, fullgraph=True)
-    return _compiled
+def sample_step(
+    model: PrefixLM,
+    tok: torch.Tensor,
+    pos: torch.Tensor,
+    kv: list[tuple[torch.Tensor, torch.Tensor]],
+    valid: torch.Tensor,
+    legal: torch.Tensor,
+    u: torch.Tensor | None,
+    temperature: torch.Tensor,
+    scale: torch.Tensor,
+    how: Sampling,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`decode_step`, then the logits, guidance and sampling of the next position, in one graph.
+
+    legal (2,) long: the [lo, hi) id range of the position; u (B,) uniforms (None when greedy);
+    temperature, scale: 0-d float tensors (tensors, so that new values do not recompile).
+    Returns the tokens (B,) and the guided logits over the whole vocabulary (B, V), -inf outside
+    [lo, hi): one graph serves every range (visual, audio levels, forced markers), at the cost of
+    the head rows outside the range.
+    """
+    h = decode_step(model, tok, pos, kv, valid)
+    logits = model.logits(h)
+    if how.guided:
+        logits = guided_logits(logits[: how.batch], logits[how.batch :], scale)
+    ids = torch.arange(logits.shape[-1], device=logits.device)
+    lo, hi = legal[0], legal[1]
+    logits = logits.masked_fill((ids < lo) | (ids >= hi), float("-inf"))
+    nxt = pick(logits, u, temperature, how.top_k, how.top_p, last=hi - 1)
+    return nxt, logits
+
+
+_compiled: dict[str, object] = {}  # one torch.compile wrapper per function and process
+
+
+def _compiled_fn(name: str):
+    if name not in _compiled:
+        _compiled[name] = torch.compile({"decode": decode_step, "sample": sample_step}[name], fullgraph=True)
+    return _compiled[name]
 
 
 class DecodeStep:
-    """Runs `decode_step` on a `KVCache` after its prefill; compiled if asked and possible."""
+    """Runs `decode_step` (`step(tok)` -> hidden states) or `sample_step` (`step.sample(...)` ->
+    next tokens) on a `KVCache` after its prefill; compiled if asked and possible."""
 
     _failed = False  # compilation failed once in this process: do not retry
 
     def __init__(self, model: PrefixLM, cache: KVCache, compile: bool):
         self.model, self.cache = model, cache
         self.compile = compile and not DecodeStep._failed
-        self.fn = _compiled_step() if self.compile else decode_step
         self.pos = torch.tensor(cache.pos, dtype=torch.long, device=cache.key_valid.device)
         self.compile_seconds = 0.0
         self._first = True
 
-    def __call__(self, tok: torch.Tensor) -> torch.Tensor:
+    def _run(self, name: str, *args):
         c = self.cache
         if c.pos >= c.max_len:
             raise IndexError(f"decode step at position {c.pos}: the cache holds {c.max_len}")
+        eager = decode_step if name == "decode" else sample_step
         valid = c.key_valid[:, : c.pos + 1]
-        if self.compile:
+        if not self.compile:
+            out = eager(self.model, args[0], self.pos, c.layers, valid, *args[1:])
+        elif not self._first:
             torch._dynamo.mark_dynamic(valid, 1)  # one graph for every position
-        if self._first and self.compile:
+            out = _compiled_fn(name)(self.model, args[0], self.pos, c.layers, valid, *args[1:])
+        else:
             self._first = False
+            torch._dynamo.mark_dynamic(valid, 1)
             t = time.perf_counter()
             try:
-                h = self.fn(self.model, tok, self.pos, c.layers, valid)
+                out = _compiled_fn(name)(self.model, args[0], self.pos, c.layers, valid, *args[1:])
             except Exception as e:  # noqa: BLE001 -- any compiler failure falls back to eager
                 DecodeStep._failed = True
                 warnings.warn(
                     f"torch.compile of the decoding step failed ({type(e).__name__}: {e}); decoding eagerly",
                     RuntimeWarning,
-                    stacklevel=3,
+                    stacklevel=4,
                 )
-                self.compile, self.fn = False, decode_step
-                h = self.fn(self.model, tok, self.pos, c.layers, valid)
+                self.compile = False
+                out = eager(self.model, args[0], self.pos, c.layers, valid, *args[1:])
             self.compile_seconds = time.perf_counter() - t
             log.info("decode step: first compiled call %.1f s", self.compile_seconds)
-        else:
-            h = self.fn(self.model, tok, self.pos, c.layers, valid)
         self.pos += 1
         c.pos += 1
-        return h
+        return out
+
+    def __call__(self, tok: torch.Tensor) -> torch.Tensor:
+        """tok (R, 1) -> final hidden states (R, d)."""
+        return self._run("decode", tok)
+
+    def sample(
+        self,
+        tok: torch.Tensor,
+        legal: torch.Tensor,
+        u: torch.Tensor | None,
+        temperature: torch.Tensor,
+        scale: torch.Tensor,
+        how: Sampling,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Feed tok (R, 1), sample the next position -> (tokens (B,), logits (B, V))."""
+        return self._run("sample", tok, legal, u, temperature, scale, how)

@@ -7,9 +7,13 @@
   so an illegal token can never be emitted and forced markers cost no head matmul.
 - Classifier-free guidance runs conditional and unconditional rows in one batch:
   logits = uncond + scale * (cond - uncond); both rows are then fed the same sampled token.
-- Temperature (0 = greedy), top-k, top-p; a seed makes sampling reproducible.
-- `compile=True` runs the decoding steps through a shape-static step compiled with torch.compile
-  (videopoet/lm/fast_decode.py); same tokens, no other change. Compiling costs tens of seconds on a
+- Temperature (0 = greedy), top-k, top-p; a seed makes sampling reproducible. Each position
+  draws one uniform per row from the seeded generator, and the token is found by inverse-CDF
+  lookup (videopoet/lm/sampling.py), on every path.
+- `compile=True` runs the decoding steps, logits and sampling included, through a shape-static
+  step compiled with torch.compile (videopoet/lm/fast_decode.py); same tokens as eager decoding
+  with the same seed (the compiled step masks full-vocabulary logits to the legal range instead
+  of computing only that range). Compiling costs tens of seconds on a
   small CPU, so the default (`compile=None`) compiles only when it pays: at least
   `AUTO_COMPILE_STEPS` new positions, or a step already compiled in this process for the same
   model, rows and cache bucket.
@@ -17,16 +21,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from collections.abc import Sequence as Seq
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 
 from videopoet.errors import InputError
-from videopoet.lm.fast_decode import DecodeStep, cache_len
+from videopoet.lm.fast_decode import DecodeStep, Sampling, cache_len
 from videopoet.lm.model import KVCache, PrefixLM
+from videopoet.lm.sampling import guided_logits, pick
 from videopoet.lm.sequence import Sequence, build_sequence, output_codes, stack_text_embeds
 from videopoet.lm.vocab import Vocabulary
 from videopoet.tasks.specs import get_task
@@ -102,10 +108,6 @@ def _join(a: Prompt, b: Prompt, pad_id: int) -> Prompt:
     return Prompt(ids, valid, a.legal, emb, pos)
 
 
-def guided_logits(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
-    return uncond + scale * (cond - uncond)
-
-
 def sample_logits(
     logits: torch.Tensor,
     *,
@@ -113,23 +115,22 @@ def sample_logits(
     top_k: int = 0,
     top_p: float = 1.0,
     generator: torch.Generator | None = None,
+    u: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """logits (B, n) -> sampled indices (B,). temperature 0 = greedy; top_k 0 / top_p 1 = off."""
+    """logits (B, n) -> sampled indices (B,). temperature 0 = greedy; top_k 0 / top_p 1 = off.
+
+    u (B,): the uniforms to sample with (drawn from `generator` when not given); see
+    videopoet/lm/sampling.py.
+    """
     if temperature == 0:
         return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
-    n = logits.shape[-1]
-    if 0 < top_k < n:
-        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        probs = sorted_logits.softmax(dim=-1)
-        drop = probs.cumsum(dim=-1) - probs > top_p  # keep the smallest set with mass >= top_p
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+    if u is None:
+        u = torch.rand(logits.shape[0], generator=generator, device=logits.device)
+    return pick(logits, u, _as_tensor(temperature, logits.device), top_k, top_p)
+
+
+def _as_tensor(x: float, device) -> torch.Tensor:
+    return torch.tensor(x, dtype=torch.float32, device=device)
 
 
 @torch.no_grad()
@@ -147,13 +148,15 @@ def generate(
     progress: bool = False,
     pad_id: int = 0,
     compile: bool | None = None,
+    logits_hook: Callable[[int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """Generate the positions described by `prompt.legal` -> ids (B, T_out).
 
     uncond: the unconditional prompt (same rows, e.g. text dropped) for classifier-free guidance
     with `guidance_scale`; use_cache=False recomputes the whole sequence each step (reference /
     benchmark only). compile: True/False, or None = only when it pays (see the module docstring);
-    it applies to cached decoding only.
+    it applies to cached decoding only. logits_hook(t, logits): called with the (guided) logits
+    (B, hi - lo) of every sampled position t, before temperature and filtering.
     """
     if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
         raise InputError(
@@ -170,12 +173,31 @@ def generate(
     emb = rows.text_embeds.to(device, dtype) if rows.text_embeds is not None else None
     pos = rows.text_positions.to(device) if rows.text_positions is not None else None
     R, P = ids.shape
+    legal_t = rows.legal.to(device)
     legal = [(int(lo), int(hi)) for lo, hi in rows.legal.tolist()]
     T_out = len(legal)
     gen = None
     if seed is not None:
         gen = torch.Generator(device=device)
         gen.manual_seed(seed)
+    greedy = temperature == 0
+    temp_t, scale_t = _as_tensor(temperature, device), _as_tensor(guidance_scale, device)
+    how = Sampling(batch=B, guided=uncond is not None, greedy=greedy, top_k=top_k, top_p=float(top_p))
+
+    def uniforms():  # drawn for every position, sampled or forced: the same stream on every path
+        return None if greedy else torch.rand(B, generator=gen, device=device)
+
+    def first_token(h, t, u):  # position t from hidden states h (R, d), eagerly
+        lo, hi = legal[t]
+        if hi - lo == 1:
+            return torch.full((B,), lo, dtype=torch.long, device=device)
+        logits = model.logits(h, lo, hi)
+        if uncond is not None:
+            logits = guided_logits(logits[:B], logits[B:], guidance_scale)
+        if logits_hook is not None:
+            logits_hook(t, logits)
+        return pick(logits, u, temp_t, top_k, top_p) + lo
+
     out = torch.empty(B, T_out, dtype=torch.long, device=device)
     kw = dict(prefix_len=P, key_valid=valid, text_embeds=emb, text_positions=pos)
     step = None
@@ -191,29 +213,36 @@ def generate(
     else:
         seq, seq_valid = ids, valid
         h = model(seq, **kw)[:, -1]
-    for t in tqdm(range(T_out), disable=not progress, desc="generate", unit="tok"):
-        lo, hi = legal[t]
-        if hi - lo == 1:
-            tok = torch.full((B,), lo, dtype=torch.long, device=device)
-        else:
-            logits = model.logits(h, lo, hi)
-            if uncond is not None:
-                logits = guided_logits(logits[:B], logits[B:], guidance_scale)
-            tok = sample_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=gen) + lo
-        out[:, t] = tok
-        if t == T_out - 1:
-            break
-        feed = tok.repeat(R // B)[:, None]
-        if step is not None:
-            h = step(feed)
-            if step.compile:
-                _compiled_keys.add(key)
-        elif use_cache:
-            h = model(feed, cache=cache)[:, -1]
-        else:
-            seq = torch.cat([seq, feed], dim=1)
-            seq_valid = torch.cat([seq_valid, torch.ones_like(feed, dtype=torch.bool)], dim=1)
-            h = model(seq, **{**kw, "key_valid": seq_valid})[:, -1]
+    bar = tqdm(total=T_out, disable=not progress, desc="generate", unit="tok")
+    tok = first_token(h, 0, uniforms())
+    out[:, 0] = tok
+    bar.update()
+    with ExitStack() as fast:
+        for t in range(1, T_out):
+            feed = tok.repeat(R // B)[:, None]
+            u = uniforms()
+            if step is not None:  # decode, guide and sample in one (compiled) graph
+                tok, logits = step.sample(feed, legal_t[t], u, temp_t, scale_t, how)
+                if step.compile and t == 1:
+                    _compiled_keys.add(key)
+                    # The graph for this call's shapes and sampling settings now exists and the
+                    # remaining steps differ only in the dynamic length: skip re-checking the
+                    # guards (~0.1-0.2 ms per step); a hook runs with the guards back on.
+                    fast.enter_context(torch.compiler.set_stance("default", skip_guard_eval_unsafe=True))
+                if logits_hook is not None and legal[t][1] - legal[t][0] > 1:
+                    with torch.compiler.set_stance("default"):
+                        logits_hook(t, logits[:, legal[t][0] : legal[t][1]])
+            else:
+                if use_cache:
+                    h = model(feed, cache=cache)[:, -1]
+                else:
+                    seq = torch.cat([seq, feed], dim=1)
+                    seq_valid = torch.cat([seq_valid, torch.ones_like(feed, dtype=torch.bool)], dim=1)
+                    h = model(seq, **{**kw, "key_valid": seq_valid})[:, -1]
+                tok = first_token(h, t, u)
+            out[:, t] = tok
+            bar.update()
+    bar.close()
     return out
 
 
