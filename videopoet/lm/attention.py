@@ -98,7 +98,7 @@ def make_mask(
 
     prefix_len: (B,) long or None (plain causal); key_valid: (B, k_len) bool or None (all valid).
     """
-    if prefix_len is not None and not bool((prefix_len > q_offset).any()):
+    if prefix_len is not None and not torch.compiler.is_compiling() and not bool((prefix_len > q_offset).any()):
         prefix_len = None  # every query is past the prefix: causal alone says it all
     if backend == "flex":
         from torch.nn.attention.flex_attention import create_block_mask
