@@ -173,6 +173,8 @@ def generate(
     emb = rows.text_embeds.to(device, dtype) if rows.text_embeds is not None else None
     pos = rows.text_positions.to(device) if rows.text_positions is not None else None
     R, P = ids.shape
+    if rows.legal.shape[0] == 0:
+        return torch.empty(B, 0, dtype=torch.long, device=device)
     legal_t = rows.legal.to(device)
     legal = [(int(lo), int(hi)) for lo, hi in rows.legal.tolist()]
     T_out = len(legal)
@@ -184,10 +186,12 @@ def generate(
     temp_t, scale_t = _as_tensor(temperature, device), _as_tensor(guidance_scale, device)
     how = Sampling(batch=B, guided=uncond is not None, greedy=greedy, top_k=top_k, top_p=float(top_p))
 
-    def uniforms():  # drawn for every position, sampled or forced: the same stream on every path
-        return None if greedy else torch.rand(B, generator=gen, device=device)
+    # one uniform per row and position, sampled or forced, drawn up front: the same stream on
+    # every path (eager, compiled, with or without a cache)
+    us = [None] * T_out if greedy else torch.rand(T_out, B, generator=gen, device=device).unbind(0)
+    legal_rows = legal_t.unbind(0)
 
-    def first_token(h, t, u):  # position t from hidden states h (R, d), eagerly
+    def eager_token(h, t, u):  # the token of position t from hidden states h (R, d), eagerly
         lo, hi = legal[t]
         if hi - lo == 1:
             return torch.full((B,), lo, dtype=torch.long, device=device)
@@ -198,7 +202,6 @@ def generate(
             logits_hook(t, logits)
         return pick(logits, u, temp_t, top_k, top_p) + lo
 
-    out = torch.empty(B, T_out, dtype=torch.long, device=device)
     kw = dict(prefix_len=P, key_valid=valid, text_embeds=emb, text_positions=pos)
     step = None
     if use_cache:
@@ -214,15 +217,21 @@ def generate(
         seq, seq_valid = ids, valid
         h = model(seq, **kw)[:, -1]
     bar = tqdm(total=T_out, disable=not progress, desc="generate", unit="tok")
-    tok = first_token(h, 0, uniforms())
-    out[:, 0] = tok
+    tok = eager_token(h, 0, us[0])
+    toks = [tok]
     bar.update()
+    feed = tok.repeat(R // B)  # (R,): conditional and unconditional rows get the same token
     with ExitStack() as fast:
         for t in range(1, T_out):
-            feed = tok.repeat(R // B)[:, None]
-            u = uniforms()
             if step is not None:  # decode, guide and sample in one (compiled) graph
-                tok, logits = step.sample(feed, legal_t[t], u, temp_t, scale_t, how)
+                args = (feed, legal_rows[t], us[t], temp_t, scale_t, how)
+                try:
+                    tok, feed, logits = step.sample(*args)
+                except RuntimeError as e:  # a guard did fail after all: check guards again
+                    if "skip_guard_eval_unsafe" not in str(e):
+                        raise
+                    fast.close()
+                    tok, feed, logits = step.sample(*args)
                 if step.compile and t == 1:
                     _compiled_keys.add(key)
                     # The graph for this call's shapes and sampling settings now exists and the
@@ -234,16 +243,17 @@ def generate(
                         logits_hook(t, logits[:, legal[t][0] : legal[t][1]])
             else:
                 if use_cache:
-                    h = model(feed, cache=cache)[:, -1]
+                    h = model(feed[:, None], cache=cache)[:, -1]
                 else:
-                    seq = torch.cat([seq, feed], dim=1)
-                    seq_valid = torch.cat([seq_valid, torch.ones_like(feed, dtype=torch.bool)], dim=1)
+                    seq = torch.cat([seq, feed[:, None]], dim=1)
+                    seq_valid = torch.cat([seq_valid, torch.ones(R, 1, dtype=torch.bool, device=device)], dim=1)
                     h = model(seq, **{**kw, "key_valid": seq_valid})[:, -1]
-                tok = first_token(h, t, u)
-            out[:, t] = tok
+                tok = eager_token(h, t, us[t])
+                feed = tok.repeat(R // B)
+            toks.append(tok)
             bar.update()
     bar.close()
-    return out
+    return torch.stack(toks, dim=1)
 
 
 def sample_task(
