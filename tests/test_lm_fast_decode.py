@@ -109,6 +109,18 @@ def test_auto_compile_rule(monkeypatch):
     monkeypatch.setattr(G, "AUTO_COMPILE_STEPS", 10)
     generate(m, prompts(1), seed=0)
     assert calls == [True]
+    # below the threshold, only a graph already compiled for these rows, cache bucket and
+    # sampling settings is used
+    monkeypatch.setattr(G, "AUTO_COMPILE_STEPS", 10**9)
+    monkeypatch.setattr(G, "_compiled_keys", set())
+    p = prompts(1)
+    L = FD.cache_len(p.ids.shape[1] + p.legal.shape[0], m.cfg.max_seq_len)
+    G._compiled_keys.add((id(m), 1, L, FD.Sampling(batch=1, guided=False, greedy=False)))
+    generate(m, p, seed=0, temperature=0.5)
+    assert calls == [True, True]
+    generate(m, p, seed=0, top_k=3)  # another graph: not compiled for a short generation
+    generate(m, prompts(2), seed=0)  # other rows
+    assert calls == [True, True]
 
 
 @pytest.mark.slow

@@ -16,7 +16,7 @@
   of computing only that range). Compiling costs tens of seconds on a
   small CPU, so the default (`compile=None`) compiles only when it pays: at least
   `AUTO_COMPILE_STEPS` new positions, or a step already compiled in this process for the same
-  model, rows and cache bucket.
+  model, rows, cache bucket and sampling settings.
 """
 
 from __future__ import annotations
@@ -38,11 +38,12 @@ from videopoet.lm.vocab import Vocabulary
 from videopoet.tasks.specs import get_task
 
 # compile=None compiles from this many generated positions on. cpu preset, one thread: compiling
-# takes ~28-30 s with a cold inductor cache (~6 s warm) and saves ~3.6 ms per step at batch 1 and
-# 8, so it pays from ~8,000 steps cold (benchmarks/RESULTS.md, prefix LM). Later calls with the
-# same model, rows and cache bucket reuse the graph and always compile (for free).
+# takes ~22 s with a cold inductor cache (~14 s warm) and saves ~1.8 ms per step at batch 1 and
+# ~3.3 ms at batch 8, so it pays from ~7,000-12,000 steps cold (benchmarks/RESULTS.md, prefix LM).
+# Later calls with the same model, rows, cache bucket and sampling settings (guidance on/off,
+# greedy, top-k, top-p: part of the graph) reuse the graph and always compile (for free).
 AUTO_COMPILE_STEPS = 8192
-_compiled_keys: set[tuple[int, int, int]] = set()  # (id(model), rows, cache length) compiled here
+_compiled_keys: set[tuple] = set()  # (id(model), rows, cache length, Sampling) compiled here
 
 
 @dataclass
@@ -206,7 +207,7 @@ def generate(
     step = None
     if use_cache:
         L = cache_len(P + T_out, model.cfg.max_seq_len)
-        key = (id(model), R, L)
+        key = (id(model), R, L, how)
         if compile is None:
             compile = T_out >= AUTO_COMPILE_STEPS or key in _compiled_keys
         cache = KVCache(model.cfg, R, L if compile else P + T_out, device=device, dtype=dtype)
