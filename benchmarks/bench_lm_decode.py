@@ -55,6 +55,17 @@ def llama_like(model):
     return LlamaForCausalLM(lc).eval()
 
 
+def interleaved(contenders: dict, reps: int) -> dict[str, list[float]]:
+    """Seconds per call of each contender; every repetition runs each contender once, in turn."""
+    times: dict[str, list[float]] = {k: [] for k in contenders}
+    for _ in range(reps):
+        for name, fn in contenders.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    return times
+
+
 def measure(ours, ref, vocab, B: int, args) -> dict[str, tuple[float, float]]:
     """(median tokens/s, median over repetitions of the speed ratio to transformers in the same
     repetition) for each contender at batch B."""
@@ -112,12 +123,7 @@ def measure(ours, ref, vocab, B: int, args) -> dict[str, tuple[float, float]]:
             t = time.perf_counter()
             contenders[name]()
             print(f"batch {B}: {name} first call (compile) {time.perf_counter() - t:.1f} s", flush=True)
-    times: dict[str, list[float]] = {k: [] for k in contenders}
-    for _ in range(args.reps):
-        for name, fn in contenders.items():
-            t = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t)
+    times = interleaved(contenders, args.reps)
     ref_t = times["transformers"]
     return {
         k: (

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_lm_decode import llama_like  # noqa: E402
+from bench_lm_decode import interleaved, llama_like  # noqa: E402
 
 from videopoet.lm.pretrained import build_lm  # noqa: E402
 from videopoet.lm.train import TrainStep, make_optimizer  # noqa: E402
@@ -110,12 +110,7 @@ def main() -> None:
         fn()
         if "compile" in name:
             print(f"{name}: first step (compile) {time.perf_counter() - t:.1f} s", flush=True)
-    times: dict[str, list[float]] = {k: [] for k in contenders}
-    for _ in range(args.reps):
-        for name, fn in contenders.items():
-            t = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t)
+    times = interleaved(contenders, args.reps)
     peak = max(peak, matmul_peak())
     flops_tok = ours.flops_per_token(T)  # identical shapes -> identical model FLOPs
     print(
