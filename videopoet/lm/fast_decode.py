@@ -119,11 +119,13 @@ def sample_step(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`decode_step`, then the logits, guidance and sampling of the next position, in one graph.
 
-    legal (2,) long: the [lo, hi) id range of the position; u (B,) uniforms (None when greedy);
-    temperature, scale: 0-d float tensors (tensors, so that new values do not recompile).
     tok (R,): the previous tokens (not a view: the next call's `tok` is this call's output, and
-    dynamo guards views through their base). Returns the tokens (B,), the same as the next
-    step's input (R,) (repeated for the unconditional rows), and the guided logits over the whole vocabulary (B, V), -inf outside
+    dynamo guards views through their base); legal (2,) long: the [lo, hi) id range of the
+    position; u (B,) uniforms (None when greedy); temperature, scale: 0-d float tensors (tensors,
+    so that new values do not recompile).
+
+    Returns the tokens (B,), the next step's input (R,) (the tokens repeated for the
+    unconditional rows), and the guided logits over the whole vocabulary (B, V), -inf outside
     [lo, hi): one graph serves every range (visual, audio levels, forced markers), at the cost of
     the head rows outside the range.
     """
@@ -163,22 +165,26 @@ class DecodeStep:
         self.compile_seconds = 0.0
         self._first = True
 
-    def _run(self, name: str, *args):
+    def _run(self, name: str, tok: torch.Tensor, *rest):
         c = self.cache
         if c.pos >= c.max_len:
             raise IndexError(f"decode step at position {c.pos}: the cache holds {c.max_len}")
-        eager = decode_step if name == "decode" else sample_step
         valid = c.key_valid[:, : c.pos + 1]
+
+        def call(fn):
+            return fn(self.model, tok, self.pos, c.layers, valid, *rest)
+
+        eager = decode_step if name == "decode" else sample_step
         if not self.compile:
-            out = eager(self.model, args[0], self.pos, c.layers, valid, *args[1:])
+            out = call(eager)
         elif not self._first:  # the graph's n is already dynamic: no need to mark it again
-            out = _compiled_fn(name)(self.model, args[0], self.pos, c.layers, valid, *args[1:])
+            out = call(_compiled_fn(name))
         else:
             self._first = False
             torch._dynamo.mark_dynamic(valid, 1)  # one graph for every position
             t = time.perf_counter()
             try:
-                out = _compiled_fn(name)(self.model, args[0], self.pos, c.layers, valid, *args[1:])
+                out = call(_compiled_fn(name))
             except Exception as e:  # noqa: BLE001 -- any compiler failure falls back to eager
                 DecodeStep._failed = True
                 warnings.warn(
@@ -187,7 +193,7 @@ class DecodeStep:
                     stacklevel=4,
                 )
                 self.compile = False
-                out = eager(self.model, args[0], self.pos, c.layers, valid, *args[1:])
+                out = call(eager)
             self.compile_seconds = time.perf_counter() - t
             log.info("decode step: first compiled call %.1f s", self.compile_seconds)
         self.pos += 1
