@@ -40,6 +40,7 @@ def test_masked_loss_equals_indexed_loss(factorized):
     h = m(ids, prefix_len=P)
     a, b = masked_lm_loss(m, h, ids, loss_mask), prefix_lm_loss(m, h, ids, loss_mask)
     assert torch.allclose(a, b, atol=1e-6)
+    assert torch.allclose(masked_lm_loss(m, h, ids, loss_mask, start=P - 1), b, atol=1e-6)  # head skips the prefix
     ga = torch.autograd.grad(a, h, retain_graph=True)[0]
     gb = torch.autograd.grad(b, h)[0]
     assert torch.allclose(ga, gb, atol=1e-7)

@@ -65,17 +65,18 @@ def make_optimizer(
 
 
 def masked_lm_loss(
-    model: PrefixLM, h: torch.Tensor, ids: torch.Tensor, loss_mask: torch.Tensor
+    model: PrefixLM, h: torch.Tensor, ids: torch.Tensor, loss_mask: torch.Tensor, start: int = 0
 ) -> torch.Tensor:
     """Mean next-token NLL over the targets in loss_mask, without data-dependent shapes.
 
     Equals `prefix_lm_loss` (which runs the head on the target positions only); this form runs
-    the head on every position and weights the NLL by the mask, so torch.compile sees static
-    shapes. h (B, T, d), ids (B, T), loss_mask (B, T) bool (position t is a target predicted
-    from t - 1).
+    the head on every position from `start` on and weights the NLL by the mask, so
+    torch.compile sees static shapes. h (B, T, d), ids (B, T), loss_mask (B, T) bool (position
+    t is a target predicted from t - 1); start: no row has a target at positions <= start (the
+    head skips the positions that only predict prefix tokens: the shortest prefix, less one).
     """
-    hs, targets = h[:, :-1], ids[:, 1:]
-    w = loss_mask[:, 1:].to(h.dtype)
+    hs, targets = h[:, start:-1], ids[:, start + 1 :]
+    w = loss_mask[:, start + 1 :].to(h.dtype)
     if not model.n_visual:
         logits = F.linear(hs, model._head_weight())
         nll = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view_as(w)
@@ -96,7 +97,7 @@ def masked_lm_loss(
     return (nll * w).sum() / w.sum()
 
 
-def _loss(model, ids, prefix_len, key_valid, loss_mask, text_embeds, text_positions):
+def _loss(model, ids, prefix_len, key_valid, loss_mask, text_embeds, text_positions, start):
     h = model(
         ids,
         prefix_len=prefix_len,
@@ -104,7 +105,7 @@ def _loss(model, ids, prefix_len, key_valid, loss_mask, text_embeds, text_positi
         text_embeds=text_embeds,
         text_positions=text_positions,
     )
-    return masked_lm_loss(model, h, ids, loss_mask)
+    return masked_lm_loss(model, h, ids, loss_mask, start)
 
 
 class TrainStep:
@@ -147,7 +148,9 @@ class TrainStep:
             prefix_len = torch.full((ids.shape[0],), prefix_len, dtype=torch.long, device=ids.device)
         if key_valid is not None and bool(key_valid.all()):
             key_valid = None  # no padding: the plain prefix-LM mask
-        args = (self.model, ids, prefix_len, key_valid, loss_mask.to(torch.bool), text_embeds, text_positions)
+        loss_mask = loss_mask.to(torch.bool)
+        start = int(loss_mask[:, 1:].any(0).to(torch.uint8).argmax())  # the first column with a target, less one
+        args = (self.model, ids, prefix_len, key_valid, loss_mask, text_embeds, text_positions, start)
         if not self.compiled:
             return self.loss_fn(*args)
         try:
