@@ -111,6 +111,27 @@ def test_sampling_filters():
         generate(model(), prompts([{}], {"video": (1, 1, 1)}), top_p=0)
 
 
+def test_inverse_cdf_sampler_draws_the_softmax_distribution():
+    """20,000 draws (one uniform each) match softmax(logits / T) within 5 standard errors;
+    a token outside the legal range (-inf) or of probability 0 is never drawn."""
+    from videopoet.lm.sampling import pick
+
+    logits = torch.tensor([1.0, 0.0, 2.0, -1.0, float("-inf"), 0.5])
+    n = 20_000
+    u = torch.rand(n, generator=torch.Generator().manual_seed(0))
+    for temperature in (1.0, 0.5, 2.0):
+        draws = pick(logits.expand(n, -1), u, torch.tensor(temperature), last=5)
+        freq = torch.bincount(draws, minlength=6).double() / n
+        p = (logits / temperature).softmax(-1).double()
+        se = (p * (1 - p) / n).sqrt()
+        assert bool(((freq - p).abs() <= 5 * se + 1e-12).all()), (temperature, freq, p)
+        assert int((draws == 4).sum()) == 0
+    # u * total landing on the total itself (what rounding can give for u just below 1): the
+    # legal range ends at `last`, and no later (illegal, probability 0) id is returned
+    legal_only = torch.tensor([[1.0, 0.0, 2.0, -1.0, float("-inf"), float("-inf")]])
+    assert pick(legal_only, torch.tensor([1.0]), torch.tensor(1.0), last=3).item() == 3
+
+
 def test_sample_task_with_guidance_and_text_embeddings():
     v = Vocabulary(visual_bits=6, audio_levels=2, audio_codes=16, text_size=0)
     m2 = PrefixLM(
