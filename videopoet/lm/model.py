@@ -325,26 +325,39 @@ class PrefixLM(nn.Module):
             parts.append(F.linear(h, W[max(lo, ve) - self.n_visual : hi - self.n_visual]))
         return torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
 
-    def token_nll(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Negative log-likelihood of `targets` (N,) under hidden states h (N, d) -> (N,)."""
+    def token_nll(self, h: torch.Tensor, targets: torch.Tensor, dense: bool = False) -> torch.Tensor:
+        """Negative log-likelihood of `targets` (N,) under hidden states h (N, d) -> (N,).
+
+        With the factorized visual head, visual targets are scored by it and the others by the
+        non-visual head. dense=False runs each head on its own targets only (indexing, data-
+        dependent shapes); dense=True runs both on every position and selects (static shapes,
+        for torch.compile)."""
         if not self.n_visual:
             return F.cross_entropy(F.linear(h, self._head_weight()), targets, reduction="none")
-        vo = self.cfg.visual_offset
+        vo, nv = self.cfg.visual_offset, self.n_visual
         code = targets - vo
-        is_vis = (code >= 0) & (code < self.n_visual)
+        is_vis = (code >= 0) & (code < nv)
+        other = torch.where(targets >= vo + nv, targets - nv, targets)
+        if dense:
+            nll_o = self._other_nll(h, other.masked_fill(is_vis, 0))
+            return torch.where(is_vis, self._visual_nll(h, code.clamp(0, nv - 1)), nll_o)
         nll = torch.zeros(targets.shape, dtype=h.dtype, device=h.device)
         if bool((~is_vis).any()):
-            t = targets[~is_vis]
-            t = torch.where(t >= vo + self.n_visual, t - self.n_visual, t)
-            nll[~is_vis] = F.cross_entropy(F.linear(h[~is_vis], self._head_weight()), t, reduction="none")
+            nll[~is_vis] = self._other_nll(h[~is_vis], other[~is_vis])
         if bool(is_vis.any()):
-            c = code[is_vis]
-            lh, ll = self.vis_head(h[is_vis]).split([1 << self.hi_bits, 1 << self.lo_bits], dim=-1)
-            lo_mask = (1 << self.lo_bits) - 1
-            nll[is_vis] = F.cross_entropy(lh, c >> self.lo_bits, reduction="none") + F.cross_entropy(
-                ll, c & lo_mask, reduction="none"
-            )
+            nll[is_vis] = self._visual_nll(h[is_vis], code[is_vis])
         return nll
+
+    def _other_nll(self, h: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """NLL under the non-visual head; ids index its rows (visual ids removed)."""
+        return F.cross_entropy(F.linear(h, self._head_weight()), ids, reduction="none")
+
+    def _visual_nll(self, h: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+        """NLL of visual codes under the factorized head: the sum of the two factors' NLLs."""
+        lh, ll = self.vis_head(h).split([1 << self.hi_bits, 1 << self.lo_bits], dim=-1)
+        return F.cross_entropy(lh, code >> self.lo_bits, reduction="none") + F.cross_entropy(
+            ll, code & ((1 << self.lo_bits) - 1), reduction="none"
+        )
 
 
 def prefix_lm_loss(

@@ -22,7 +22,6 @@ import logging
 import warnings
 
 import torch
-import torch.nn.functional as F
 
 from videopoet.errors import InputError
 from videopoet.lm.model import PrefixLM, check_ids
@@ -77,23 +76,7 @@ def masked_lm_loss(
     """
     hs, targets = h[:, start:-1], ids[:, start + 1 :]
     w = loss_mask[:, start + 1 :].to(h.dtype)
-    if not model.n_visual:
-        logits = F.linear(hs, model._head_weight())
-        nll = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view_as(w)
-    else:
-        nv, vo = model.n_visual, model.cfg.visual_offset
-        code = targets - vo
-        is_vis = (code >= 0) & (code < nv)
-        other = torch.where(targets >= vo + nv, targets - nv, targets).masked_fill(is_vis, 0)
-        nll_o = F.cross_entropy(
-            F.linear(hs, model._head_weight()).flatten(0, 1), other.flatten(), reduction="none"
-        )
-        c = code.clamp(0, nv - 1).flatten()
-        lh, ll = model.vis_head(hs).flatten(0, 1).split([1 << model.hi_bits, 1 << model.lo_bits], dim=-1)
-        nll_v = F.cross_entropy(lh, c >> model.lo_bits, reduction="none") + F.cross_entropy(
-            ll, c & ((1 << model.lo_bits) - 1), reduction="none"
-        )
-        nll = torch.where(is_vis.flatten(), nll_v, nll_o).view_as(w)
+    nll = model.token_nll(hs.flatten(0, 1), targets.flatten(), dense=True).view_as(w)
     return (nll * w).sum() / w.sum()
 
 
