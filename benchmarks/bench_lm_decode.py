@@ -13,8 +13,10 @@ Contenders (same weights shape: the `cpu` preset, ~13M parameters, fp32):
   transformers   LlamaForCausalLM.generate(do_sample=True, top_k=0), its default DynamicCache
   transformers+compile  (--hf-compile) the same with cache_implementation="static" and its
                  forward compiled by generate (CompileConfig()._compile_all_devices = True on CPU)
-  floor          only the model's weight matmuls for each token (no attention, norms, sampling or
-                 Python): the bound set by streaming the fp32 weights from memory once per step
+  floor          only the model's weight matmuls for each token through F.linear (MKL), no
+                 attention, norms, sampling or Python
+  read           only reading every weight matrix once per token (a sum over each): the memory-
+                 bandwidth bound of a decoding step at small batch, whatever the matmul kernel
 
     .venv/bin/python benchmarks/bench_lm_decode.py [--preset cpu] [--batch 1 8] [--new 128] [--threads N]
         [--no-compile] [--hf-compile]
@@ -100,7 +102,14 @@ def measure(ours, ref, vocab, B: int, args) -> dict[str, tuple[float, float]]:
             for w in linears:
                 torch.nn.functional.linear(xs[w.shape[1]], w)
 
+    @torch.no_grad()
+    def read():  # the weights streamed once per token, no arithmetic to speak of
+        for _ in range(args.new):
+            for w in linears:
+                w.sum()
+
     contenders = {
+        "read": read,
         "floor": floor,
         "ours": lambda: generate(ours, full, seed=0, compile=False),  # explicit: None would compile
         "ours+legal": lambda: generate(ours, vis, seed=0, compile=False),  # once a graph exists

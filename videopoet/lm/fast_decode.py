@@ -36,6 +36,8 @@ from dataclasses import dataclass
 
 import torch
 
+from videopoet.lm import kernels
+from videopoet.lm.kernels import linear
 from videopoet.lm.model import KVCache, PrefixLM
 from videopoet.lm.sampling import guided_logits, pick
 
@@ -78,7 +80,7 @@ def decode_step(
     for i, layer in enumerate(model.layers):
         a = layer.attn
         H, Hkv, D = a.h, a.hkv, a.dh
-        qkv = a.wqkv(layer.attn_norm(x)).view(R, 1, H + 2 * Hkv, D)
+        qkv = linear(layer.attn_norm(x), a.wqkv).view(R, 1, H + 2 * Hkv, D)
         qk, vn = qkv.split([H + Hkv, Hkv], 2)
         q, kn = rotary_halves(qk, cos, sin).split([H, Hkv], 2)
         ck, cv = kv[i]
@@ -88,7 +90,7 @@ def decode_step(
         s = (qg * ck[:, :, None, :n]).sum(-1)  # (R, Hkv, rep, n)
         s = s.masked_fill(hide, float("-inf")).softmax(dim=-1)
         y = (s[..., None] * cv[:, :, None, :n]).sum(-2).reshape(R, 1, H * D)
-        x = x + a.wo(y)
+        x = x + linear(y, a.wo)
         x = x + layer.mlp(layer.mlp_norm(x))
     return model.norm(x)[:, 0]
 
@@ -161,6 +163,7 @@ class DecodeStep:
     def __init__(self, model: PrefixLM, cache: KVCache, compile: bool):
         self.model, self.cache = model, cache
         self.compile = compile and not DecodeStep._failed
+        kernels.available()  # build/load the small-M kernels now, not inside a compiled trace
         self.pos = torch.tensor(cache.pos, dtype=torch.long, device=cache.key_valid.device)
         self.compile_seconds = 0.0
         self._first = True

@@ -4,6 +4,8 @@ Design choices
 - Llama-style blocks: pre-RMSNorm, rotary position embeddings (rotate-half convention, so weights
   map one-to-one onto `transformers`' Llama), SwiGLU MLP, no biases. Q/K/V and the two SwiGLU input
   projections are fused into one matmul each (fewer kernel launches when decoding one token).
+  With a few rows and no gradient (decoding) the projections run through videopoet/lm/kernels'
+  small-M kernel when it is available, otherwise through F.linear.
 - Grouped-query attention when `n_kv_heads < n_heads`.
 - Prefix-LM attention (videopoet/lm/attention.py): row b's first `prefix_len[b]` positions attend
   to each other both ways; the rest attend causally; `key_valid` masks padding.
@@ -30,6 +32,7 @@ from torch import nn
 from videopoet.config import from_dict
 from videopoet.errors import ConfigError, InputError
 from videopoet.lm.attention import BACKENDS, Mask, attention, make_mask, resolve_backend
+from videopoet.lm.kernels import linear
 
 
 @dataclass
@@ -148,7 +151,9 @@ class SelfAttention(nn.Module):
         B, T, _ = x.shape
         # split (not slicing): its backward is one cat instead of zero-filled buffers per slice
         qk, v = (
-            self.wqkv(x).view(B, T, self.h + 2 * self.hkv, self.dh).split([self.h + self.hkv, self.hkv], 2)
+            linear(x, self.wqkv)
+            .view(B, T, self.h + 2 * self.hkv, self.dh)
+            .split([self.h + self.hkv, self.hkv], 2)
         )
         q, k = apply_rotary(qk, cos, sin).split([self.h, self.hkv], 2)  # q and k rotated together
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H or Hkv, T, D)
@@ -158,7 +163,7 @@ class SelfAttention(nn.Module):
             cv.narrow(2, cache.pos, T).copy_(v)
             k, v = ck.narrow(2, 0, cache.pos + T), cv.narrow(2, 0, cache.pos + T)
         y = attention(q, k, v, mask)  # (B, H, T, D)
-        return self.wo(y.transpose(1, 2).reshape(B, T, self.h * self.dh))
+        return linear(y.transpose(1, 2).reshape(B, T, self.h * self.dh), self.wo)
 
 
 class SwiGLU(nn.Module):
@@ -169,8 +174,8 @@ class SwiGLU(nn.Module):
         self.w2 = nn.Linear(cfg.mlp_hidden, cfg.d_model, bias=False)
 
     def forward(self, x):
-        gate, up = self.w13(x).split(self.hidden, dim=-1)
-        return self.w2(F.silu(gate) * up)
+        gate, up = linear(x, self.w13).split(self.hidden, dim=-1)
+        return linear(F.silu(gate) * up, self.w2)
 
 
 class Block(nn.Module):
@@ -312,17 +317,17 @@ class PrefixLM(nn.Module):
             raise InputError(f"logits range [{lo}, {hi}): must lie in [0, {self.cfg.vocab_size})")
         W = self._head_weight()
         if not self.n_visual:
-            return F.linear(h, W[lo:hi])
+            return linear(h, W[lo:hi])
         vo, ve = self.cfg.visual_offset, self.cfg.visual_offset + self.n_visual
         parts = []
         if lo < min(hi, vo):
-            parts.append(F.linear(h, W[lo : min(hi, vo)]))
+            parts.append(linear(h, W[lo : min(hi, vo)]))
         if max(lo, vo) < min(hi, ve):
-            lh, ll = self.vis_head(h).split([1 << self.hi_bits, 1 << self.lo_bits], dim=-1)
+            lh, ll = linear(h, self.vis_head).split([1 << self.hi_bits, 1 << self.lo_bits], dim=-1)
             full = (lh[..., :, None] + ll[..., None, :]).flatten(-2)  # code = hi << lo_bits | lo
             parts.append(full[..., max(lo, vo) - vo : min(hi, ve) - vo])
         if max(lo, ve) < hi:
-            parts.append(F.linear(h, W[max(lo, ve) - self.n_visual : hi - self.n_visual]))
+            parts.append(linear(h, W[max(lo, ve) - self.n_visual : hi - self.n_visual]))
         return torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
 
     def token_nll(self, h: torch.Tensor, targets: torch.Tensor, dense: bool = False) -> torch.Tensor:

@@ -1,0 +1,134 @@
+"""The small-M linear kernel (videopoet/lm/kernels): values, dispatch and fallbacks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from videopoet.lm import kernels
+from videopoet.lm.generate import Prompt, generate
+from videopoet.lm.model import PrefixLM, lm_config
+from videopoet.lm.vocab import Vocabulary
+
+needs_kernels = pytest.mark.skipif(not kernels.available(), reason="small-M kernel not built on this machine")
+
+
+@needs_kernels
+@pytest.mark.parametrize("M", [1, 2, 3, 7, 8, 9, 15, 16, 17, 24])
+@pytest.mark.parametrize("N,K", [(1152, 384), (384, 1024), (37, 64), (100, 48), (5, 33), (16, 16)])
+def test_small_linear_equals_f_linear(M, N, K):
+    g = torch.Generator().manual_seed(M * 1000 + N + K)
+    x, w = torch.randn(M, K, generator=g), torch.randn(N, K, generator=g)
+    y = torch.ops.videopoet.small_linear(x, w)
+    assert y.shape == (M, N)
+    # float32 sums of K products in another order: relative error ~ sqrt(K) * 2^-24
+    torch.testing.assert_close(y, F.linear(x, w), rtol=1e-5, atol=1e-5 * K**0.5)
+
+
+@needs_kernels
+def test_small_linear_strided_and_batched_inputs():
+    g = torch.Generator().manual_seed(0)
+    w_full = torch.randn(2 * 64, 96, generator=g)
+    w = w_full[::2]  # rows with a stride: made contiguous by the op
+    x = torch.randn(2, 3, 96 * 2, generator=g)[..., ::2]  # (2, 3, 96) non-contiguous, 6 rows
+    y = torch.ops.videopoet.small_linear(x, w)
+    assert y.shape == (2, 3, 64)
+    torch.testing.assert_close(y, F.linear(x, w), rtol=1e-5, atol=1e-4)
+    assert torch.ops.videopoet.small_linear(torch.empty(0, 96), w).shape == (0, 64)
+
+
+@needs_kernels
+def test_small_linear_refuses_wrong_inputs():
+    with pytest.raises(RuntimeError, match="float32"):
+        torch.ops.videopoet.small_linear(torch.randn(2, 8, dtype=torch.float64), torch.randn(4, 8))
+    with pytest.raises(RuntimeError, match=r"x \(\.\.\., K\) and w \(N, K\)"):
+        torch.ops.videopoet.small_linear(torch.randn(2, 8), torch.randn(4, 9))
+
+
+def test_linear_dispatch(monkeypatch):
+    """`kernels.linear` uses the kernel only for 2..16 fp32 rows without gradient; otherwise the
+    module itself runs (its hooks included) or F.linear."""
+    calls = []
+    monkeypatch.setattr(kernels, "available", lambda: True)
+    monkeypatch.setattr(
+        torch.ops.videopoet,
+        "small_linear",
+        lambda x, w: calls.append(x.shape) or F.linear(x, w),
+        raising=False,
+    )
+    lin = torch.nn.Linear(8, 4, bias=False)
+    hooked = []
+    lin.register_forward_hook(lambda *a: hooked.append(1))
+    with torch.no_grad():
+        kernels.linear(torch.randn(3, 8), lin)  # used
+        kernels.linear(torch.randn(1, 8), lin)  # one row: MKL's GEMV is as fast
+        kernels.linear(torch.randn(17, 8), lin)  # too many rows
+        kernels.linear(torch.randn(2, 8).double(), lin.double())  # not fp32
+        lin.float()
+        kernels.linear(torch.randn(2, 2, 8), lin.weight)  # 4 rows through a bare weight: used
+    kernels.linear(torch.randn(2, 8), lin)  # gradients wanted (lin.weight requires grad)
+    assert calls == [(3, 8), (2, 2, 8)]
+    assert len(hooked) == 4  # every call that did not use the kernel went through the module
+
+
+def test_linear_falls_back_when_unavailable(monkeypatch):
+    monkeypatch.setattr(kernels, "_state", {"ok": False})
+    x, w = torch.randn(4, 8), torch.randn(3, 8)
+    with torch.no_grad():
+        assert torch.equal(kernels.linear(x, w), F.linear(x, w))
+    assert kernels.vector_width() == 0
+
+
+def test_disabled_by_environment(monkeypatch):
+    monkeypatch.setattr(kernels, "_state", {})
+    monkeypatch.setenv("VIDEOPOET_KERNELS", "0")
+    assert not kernels.available()
+
+
+def _lm():
+    vocab = Vocabulary(visual_bits=6, audio_levels=2, audio_codes=16, text_size=32)
+    cfg = lm_config(vocab, dict(d_model=64, n_layers=2, n_heads=4, mlp_hidden=128, max_seq_len=256))
+    torch.manual_seed(0)
+    return PrefixLM(cfg).eval(), vocab
+
+
+@needs_kernels
+def test_decoding_with_kernels_matches_pytorch(monkeypatch):
+    """The model's logits and greedy decoding are the same with and without the kernel."""
+    model, vocab = _lm()
+    ids = torch.randint(0, vocab.size, (4, 20))
+    prompt = Prompt(ids, torch.ones_like(ids, dtype=torch.bool), torch.tensor([[0, vocab.size]] * 12))
+    used = []
+    real = torch.ops.videopoet.small_linear
+    monkeypatch.setattr(
+        torch.ops.videopoet, "small_linear", lambda x, w: used.append(1) or real(x, w), raising=False
+    )
+    with torch.no_grad():
+        h_k = model(ids)[:, -1]
+        logits_k = model.logits(h_k)
+        out_k = generate(model, prompt, temperature=0, compile=False)
+    assert used  # the 4-row decoding steps went through the kernel
+    monkeypatch.setattr(kernels, "_state", {"ok": False})
+    with torch.no_grad():
+        h = model(ids)[:, -1]
+        logits = model.logits(h)
+        out = generate(model, prompt, temperature=0, compile=False)
+    torch.testing.assert_close(logits_k, logits, rtol=1e-5, atol=1e-5)
+    assert torch.equal(out_k, out)
+
+
+@needs_kernels
+@pytest.mark.slow
+def test_kernel_inside_compiled_graph():
+    """The op traces into a fullgraph torch.compile with the C++ wrapper (as the decoding step
+    is compiled) and gives the eager values."""
+    w = torch.randn(256, 64)
+
+    def f(x):
+        return torch.relu(kernels.linear(x, w)) * 2
+
+    x = torch.randn(8, 64)
+    with torch.no_grad():
+        got = torch.compile(f, fullgraph=True, options={"cpp_wrapper": True})(x)
+    torch.testing.assert_close(got, torch.relu(F.linear(x, w)) * 2, rtol=1e-5, atol=1e-5)
