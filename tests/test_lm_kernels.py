@@ -132,3 +132,67 @@ def test_kernel_inside_compiled_graph():
     with torch.no_grad():
         got = torch.compile(f, fullgraph=True, options={"cpp_wrapper": True})(x)
     torch.testing.assert_close(got, torch.relu(F.linear(x, w)) * 2, rtol=1e-5, atol=1e-5)
+
+
+needs_avx512 = pytest.mark.skipif(
+    not kernels.available() or kernels.vector_width() != 16, reason="decode_attention needs AVX-512"
+)
+
+
+@needs_avx512
+@pytest.mark.parametrize(
+    "R,H,Hkv,D,L,n",
+    [(8, 6, 6, 64, 256, 130), (2, 4, 2, 32, 64, 1), (3, 8, 2, 128, 512, 17), (1, 6, 6, 64, 256, 256)],
+)
+def test_decode_attention_equals_sdpa(R, H, Hkv, D, L, n):
+    """One query per row against the first n cache slots, with padding and grouped kv heads."""
+    g = torch.Generator().manual_seed(n)
+    q, k, v = (torch.randn(s, generator=g) for s in ((R, H, D), (R, Hkv, L, D), (R, Hkv, L, D)))
+    valid = torch.rand(R, L, generator=g) > 0.3
+    valid[:, n - 1] = True  # the query's own slot
+    k[:, :, n:] = float("nan")  # slots past n are never read
+    y = torch.ops.videopoet.decode_attention(q, k, v, valid[:, :n])
+    kk = k[:, :, :n].repeat_interleave(H // Hkv, 1)
+    vv = v[:, :, :n].repeat_interleave(H // Hkv, 1)
+    ref = F.scaled_dot_product_attention(q[:, :, None], kk, vv, attn_mask=valid[:, None, None, :n])[:, :, 0]
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=2e-6)
+
+
+@needs_avx512
+def test_decode_attention_refuses_wrong_inputs():
+    q, k = torch.randn(2, 4, 64), torch.randn(2, 4, 32, 64)
+    with pytest.raises(RuntimeError, match="shapes"):
+        torch.ops.videopoet.decode_attention(q, k, k, torch.ones(2, 33, dtype=torch.bool))  # n > L
+    with pytest.raises(RuntimeError, match="shapes"):
+        torch.ops.videopoet.decode_attention(torch.randn(2, 4, 24), k[..., :24], k[..., :24], torch.ones(2, 3, dtype=torch.bool))
+    with pytest.raises(RuntimeError, match="bool valid"):
+        torch.ops.videopoet.decode_attention(q, k, k, torch.ones(2, 3))
+
+
+@needs_avx512
+def test_decode_step_attention_kernel_matches_reductions(monkeypatch):
+    """The eager decoding step gives the same hidden states with the attention kernel as with
+    the reductions it replaces."""
+    from videopoet.lm.fast_decode import decode_step
+    from videopoet.lm.model import KVCache
+
+    model, vocab = _lm()
+    ids = torch.randint(0, vocab.size, (3, 20))
+    valid = torch.ones(3, 21, dtype=torch.bool)
+    valid[0, :5] = False  # a left-padded row
+
+    def run():
+        cache = KVCache(model.cfg, 3, 64)
+        with torch.no_grad():
+            model(ids, cache=cache, key_valid=valid[:, :20])
+            return decode_step(model, ids[:, -1:], torch.tensor(20), cache.layers, valid)
+
+    used = []
+    real = torch.ops.videopoet.decode_attention
+    monkeypatch.setattr(
+        torch.ops.videopoet, "decode_attention", lambda *a: used.append(1) or real(*a), raising=False
+    )
+    with_kernel = run()
+    assert len(used) == model.cfg.n_layers
+    monkeypatch.setattr(kernels, "attention_usable", lambda q, k: False)
+    torch.testing.assert_close(with_kernel, run(), rtol=1e-5, atol=1e-5)

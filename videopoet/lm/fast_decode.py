@@ -86,10 +86,13 @@ def decode_step(
         ck, cv = kv[i]
         ck[:, :, p] = kn.transpose(1, 2)
         cv[:, :, p] = vn.transpose(1, 2)
-        qg = q.reshape(R, Hkv, H // Hkv, 1, D) * D**-0.5  # query heads grouped by key/value head
-        s = (qg * ck[:, :, None, :n]).sum(-1)  # (R, Hkv, rep, n)
-        s = s.masked_fill(hide, float("-inf")).softmax(dim=-1)
-        y = (s[..., None] * cv[:, :, None, :n]).sum(-2).reshape(R, 1, H * D)
+        if kernels.attention_usable(q, ck):  # one pass over the n cached keys and values
+            y = torch.ops.videopoet.decode_attention(q.reshape(R, H, D), ck, cv, valid).view(R, 1, H * D)
+        else:
+            qg = q.reshape(R, Hkv, H // Hkv, 1, D) * D**-0.5  # query heads grouped by kv head
+            s = (qg * ck[:, :, None, :n]).sum(-1)  # (R, Hkv, rep, n)
+            s = s.masked_fill(hide, float("-inf")).softmax(dim=-1)
+            y = (s[..., None] * cv[:, :, None, :n]).sum(-2).reshape(R, 1, H * D)
         x = x + linear(y, a.wo)
         x = x + layer.mlp(layer.mlp_norm(x))
     return model.norm(x)[:, 0]

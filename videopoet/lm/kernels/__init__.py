@@ -5,6 +5,10 @@ CPU, reading the weights once at close to memory bandwidth (small_gemm.cpp says 
 project's benchmark CPU it is 1.3-1.5x MKL at one row and 1.6-1.8x at eight
 (benchmarks/bench_small_gemm.py).
 
+`decode_attention(q, k, v, valid)` is one decoding step's attention over the filled slots of a
+KV cache (AVX-512 only), reading each cached key and value once: inductor's fused version of the
+same reductions took ~2x the time of that read at 8 rows.
+
 The source is compiled the first time it is needed with `torch.utils.cpp_extension` (a C++
 compiler and ninja; torch.compile on the CPU needs the same compiler) into torch's extension
 cache (`TORCH_EXTENSIONS_DIR`, default ~/.cache/torch_extensions), ~20-40 s once per machine and
@@ -72,6 +76,10 @@ def _load() -> bool:
         def _(x, w):
             return x.new_empty((*x.shape[:-1], w.shape[0]))
 
+        @torch.library.register_fake("videopoet::decode_attention")
+        def _(q, k, v, valid):
+            return q.new_empty(q.shape)
+
     except Exception as e:  # noqa: BLE001 -- no compiler, no ninja, a failed build: fall back
         warnings.warn(
             f"videopoet C++ kernels unavailable ({type(e).__name__}: {str(e)[:300]}); "
@@ -118,3 +126,17 @@ def linear(x: torch.Tensor, w: torch.Tensor | torch.nn.Linear) -> torch.Tensor:
     if usable(x, weight):
         return torch.ops.videopoet.small_linear(x, weight)
     return w(x) if isinstance(w, torch.nn.Module) else F.linear(x, weight)
+
+
+def attention_usable(q: torch.Tensor, k: torch.Tensor) -> bool:
+    """Whether `decode_attention` applies: fp32 CPU, head size a multiple of 16 (<= 256), AVX-512."""
+    D = q.shape[-1]
+    return (
+        q.device.type == "cpu"
+        and q.dtype == torch.float32
+        and k.dtype == torch.float32
+        and D % 16 == 0
+        and D <= 256
+        and available()
+        and int(_state.get("width", 0)) == 16
+    )

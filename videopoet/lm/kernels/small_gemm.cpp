@@ -15,6 +15,9 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <cmath>
+#include <vector>
+
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define VP_X86 1
 #include <immintrin.h>
@@ -107,6 +110,72 @@ void rows(const float* x, const float* w, float* y, int64_t M, int64_t K, int64_
   for (; m + 4 <= M; m += 4) block<4, 4>(x + m * K, w, y + m * N, K, N, n0, n1);
   for (; m + 2 <= M; m += 2) block<2, 4>(x + m * K, w, y + m * N, K, N, n0, n1);
   for (; m < M; ++m) block<1, 4>(x + m * K, w, y + m * N, K, N, n0, n1);
+}
+
+// exp(x) for x <= 0 (softmax after subtracting the max): 2^k * e^r, |r| <= ln2/2, Taylor to r^7
+// (relative error < 1e-7); x below -87 gives 0.
+inline __m512 exp_neg(__m512 x) {
+  const __m512 log2e = _mm512_set1_ps(1.44269504f), ln2 = _mm512_set1_ps(0.693147181f);
+  x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+  const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, log2e), _MM_FROUND_TO_NEAREST_INT);
+  const __m512 r = _mm512_fnmadd_ps(k, ln2, x);
+  __m512 p = _mm512_set1_ps(1.0f / 5040);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, k);
+}
+
+// One query row q (D) against keys/values k, v (n x D, row stride D) of one head; valid: n bools
+// (stride vs); D % 16 == 0, D <= 256; scores: scratch of n + 16 floats. y (D) = softmax(q.k * scale) v.
+void attend(const float* q, const float* k, const float* v, const bool* valid, int64_t vs,
+            int64_t n, int64_t D, float scale, float* scores, float* y) {
+  const int64_t Dv = D / 16;
+  __m512 qv[16];
+  for (int64_t d = 0; d < Dv; ++d) qv[d] = _mm512_mul_ps(_mm512_loadu_ps(q + 16 * d), _mm512_set1_ps(scale));
+  const __m512 neg_inf = _mm512_set1_ps(-INFINITY);
+  __m512 vmax = neg_inf;
+  alignas(64) __m512 park[16];
+  for (int64_t j0 = 0; j0 < n; j0 += 16) {  // scores, 16 keys at a time
+    const int64_t cnt = std::min<int64_t>(16, n - j0);
+    for (int64_t c = 0; c < 16; ++c) {
+      __m512 acc = _mm512_setzero_ps();
+      if (c < cnt) {
+        const float* kj = k + (j0 + c) * D;
+        for (int64_t d = 0; d < Dv; ++d) acc = _mm512_fmadd_ps(qv[d], _mm512_loadu_ps(kj + 16 * d), acc);
+      }
+      park[c] = acc;
+    }
+    __m512 s = hsum16(park);
+    __mmask16 ok = 0;
+    for (int64_t c = 0; c < cnt; ++c) ok |= static_cast<__mmask16>(valid[(j0 + c) * vs] ? 1u << c : 0u);
+    s = _mm512_mask_blend_ps(ok, neg_inf, s);
+    vmax = _mm512_max_ps(vmax, s);
+    _mm512_storeu_ps(scores + j0, s);
+  }
+  const float m = _mm512_reduce_max_ps(vmax);
+  const __m512 mv = _mm512_set1_ps(m);
+  __m512 vsum = _mm512_setzero_ps();
+  for (int64_t j0 = 0; j0 < n; j0 += 16) {  // probabilities (unnormalised); lanes past n are -inf -> 0
+    const __m512 e = exp_neg(_mm512_sub_ps(_mm512_loadu_ps(scores + j0), mv));
+    const __mmask16 live = _mm512_cmp_ps_mask(_mm512_loadu_ps(scores + j0), neg_inf, _CMP_NEQ_OQ);
+    const __m512 p = _mm512_maskz_mov_ps(live, e);
+    vsum = _mm512_add_ps(vsum, p);
+    _mm512_storeu_ps(scores + j0, p);
+  }
+  __m512 acc[16];
+  for (int64_t d = 0; d < Dv; ++d) acc[d] = _mm512_setzero_ps();
+  for (int64_t j = 0; j < n; ++j) {
+    const __m512 p = _mm512_set1_ps(scores[j]);
+    const float* vj = v + j * D;
+    for (int64_t d = 0; d < Dv; ++d) acc[d] = _mm512_fmadd_ps(p, _mm512_loadu_ps(vj + 16 * d), acc[d]);
+  }
+  const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(vsum));
+  for (int64_t d = 0; d < Dv; ++d) _mm512_storeu_ps(y + 16 * d, _mm512_mul_ps(acc[d], inv));
 }
 }  // namespace avx512
 #pragma GCC pop_options
@@ -203,11 +272,58 @@ at::Tensor small_linear(const at::Tensor& x, const at::Tensor& w) {
   return y.view(shape);
 }
 
+// One decoding step's attention: q (R, H, D) against the first n slots of the caches k, v
+// (R, Hkv, L, D), n = valid.size(1), valid (R, n) the key validity (padding) -> (R, H, D).
+// Query heads are grouped onto key/value heads (H a multiple of Hkv). Reads each cached key and
+// value once per query head; the softmax never leaves a per-head scratch of n floats.
+at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                            const at::Tensor& valid) {
+  TORCH_CHECK(vector_width() == 16, "decode_attention: needs AVX-512");
+  TORCH_CHECK(q.dim() == 3 && k.dim() == 4 && v.sizes() == k.sizes() && valid.dim() == 2,
+              "decode_attention: q (R, H, D), k and v (R, Hkv, L, D), valid (R, n) expected");
+  const int64_t R = q.size(0), H = q.size(1), D = q.size(2), Hkv = k.size(1), L = k.size(2);
+  const int64_t n = valid.size(1);
+  TORCH_CHECK(k.size(0) == R && k.size(3) == D && valid.size(0) == R && n <= L && n >= 1 &&
+                  H % Hkv == 0 && D % 16 == 0 && D <= 256,
+              "decode_attention: shapes q ", q.sizes(), " k ", k.sizes(), " valid ", valid.sizes());
+  TORCH_CHECK(q.scalar_type() == at::kFloat && k.scalar_type() == at::kFloat &&
+                  v.scalar_type() == at::kFloat && valid.scalar_type() == at::kBool,
+              "decode_attention: float32 q, k, v and bool valid");
+  TORCH_CHECK(k.is_contiguous() && v.is_contiguous() && valid.stride(1) == 1,
+              "decode_attention: contiguous caches and valid rows");
+  at::Tensor qc = q.contiguous();
+  at::Tensor y = at::empty({R, H, D}, q.options());
+  const float* qp = qc.const_data_ptr<float>();
+  const float* kp = k.const_data_ptr<float>();
+  const float* vp = v.const_data_ptr<float>();
+  const bool* mp = valid.const_data_ptr<bool>();
+  const int64_t ms = valid.stride(0);
+  float* yp = y.data_ptr<float>();
+  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+  const int64_t rep = H / Hkv;
+  at::parallel_for(0, R * H, 1, [&](int64_t a, int64_t b) {
+    std::vector<float> scores(n + 16);
+    for (int64_t i = a; i < b; ++i) {
+      const int64_t r = i / H, h = i % H, g = h / rep;
+      const int64_t base = (r * Hkv + g) * L * D;
+#ifdef VP_X86
+      avx512::attend(qp + i * D, kp + base, vp + base, mp + r * ms, 1, n, D, scale, scores.data(),
+                     yp + i * D);
+#endif
+    }
+  });
+  return y;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(videopoet, m) {
   m.def("small_linear(Tensor x, Tensor w) -> Tensor");
   m.def("small_linear_width() -> int", &vector_width);
+  m.def("decode_attention(Tensor q, Tensor k, Tensor v, Tensor valid) -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(videopoet, CPU, m) { m.impl("small_linear", &small_linear); }
+TORCH_LIBRARY_IMPL(videopoet, CPU, m) {
+  m.impl("small_linear", &small_linear);
+  m.impl("decode_attention", &decode_attention);
+}
