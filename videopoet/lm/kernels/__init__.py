@@ -2,8 +2,8 @@
 
 `small_linear(x, w)` is `F.linear(x, w)` for a few rows (decoding: one per sequence), fp32 on the
 CPU, reading the weights once at close to memory bandwidth (small_gemm.cpp says how). On this
-project's benchmark CPU it is 1.3-1.5x MKL at one row and 1.6-1.8x at eight
-(benchmarks/bench_small_gemm.py).
+project's benchmark CPU it is 1.8-1.9x MKL at eight rows and at parity at one, where MKL's
+matrix-vector product stays in use (benchmarks/bench_small_gemm.py, benchmarks/RESULTS.md).
 
 `decode_attention(q, k, v, valid)` is one decoding step's attention over the filled slots of a
 KV cache (AVX-512 only), reading each cached key and value once: inductor's fused version of the
