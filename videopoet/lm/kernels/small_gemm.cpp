@@ -131,10 +131,10 @@ inline __m512 exp_neg(__m512 x) {
   return _mm512_scalef_ps(p, k);
 }
 
-// One query row q (D) against keys/values k, v (n x D, row stride D) of one head; valid: n bools
-// (stride vs); D % 16 == 0, D <= 256; scores: scratch of n + 16 floats. y (D) = softmax(q.k * scale) v.
-void attend(const float* q, const float* k, const float* v, const bool* valid, int64_t vs,
-            int64_t n, int64_t D, float scale, float* scores, float* y) {
+// One query row q (D) against keys/values k, v (n x D, row stride D) of one head; valid: n
+// contiguous bools; D % 16 == 0, D <= 256; scores: scratch of n + 16 floats. y (D) = softmax(q.k * scale) v.
+void attend(const float* q, const float* k, const float* v, const bool* valid, int64_t n, int64_t D,
+            float scale, float* scores, float* y) {
   const int64_t Dv = D / 16;
   __m512 qv[16];
   for (int64_t d = 0; d < Dv; ++d) qv[d] = _mm512_mul_ps(_mm512_loadu_ps(q + 16 * d), _mm512_set1_ps(scale));
@@ -153,7 +153,7 @@ void attend(const float* q, const float* k, const float* v, const bool* valid, i
     }
     __m512 s = hsum16(park);
     __mmask16 ok = 0;
-    for (int64_t c = 0; c < cnt; ++c) ok |= static_cast<__mmask16>(valid[(j0 + c) * vs] ? 1u << c : 0u);
+    for (int64_t c = 0; c < cnt; ++c) ok |= static_cast<__mmask16>(valid[j0 + c] ? 1u << c : 0u);
     s = _mm512_mask_blend_ps(ok, neg_inf, s);
     vmax = _mm512_max_ps(vmax, s);
     _mm512_storeu_ps(scores + j0, s);
@@ -182,27 +182,6 @@ void attend(const float* q, const float* k, const float* v, const bool* valid, i
 #pragma GCC pop_options
 
 // AVX2: one column at a time with a horizontal sum per column (K need not be a multiple of 8).
-#define VP_BLOCK(VEC, W, ZERO, LOAD, FMA, HSUM)                                                \
-  template <int M>                                                                             \
-  void block(const float* x, const float* w, float* y, int64_t K, int64_t N, int64_t n0,       \
-             int64_t n1) {                                                                     \
-    const int64_t Kv = K - K % W;                                                              \
-    for (int64_t n = n0; n < n1; ++n) {                                                        \
-      const float* wn = w + n * K;                                                             \
-      VEC acc[M];                                                                              \
-      for (int m = 0; m < M; ++m) acc[m] = ZERO();                                             \
-      for (int64_t k = 0; k < Kv; k += W) {                                                    \
-        const VEC wv = LOAD(wn + k);                                                           \
-        for (int m = 0; m < M; ++m) acc[m] = FMA(LOAD(x + m * K + k), wv, acc[m]);             \
-      }                                                                                        \
-      for (int m = 0; m < M; ++m) {                                                            \
-        float s = HSUM(acc[m]);                                                                \
-        for (int64_t k = Kv; k < K; ++k) s += x[m * K + k] * wn[k];                            \
-        y[m * N + n] = s;                                                                      \
-      }                                                                                        \
-    }                                                                                          \
-  }
-
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 namespace avx2 {
@@ -212,7 +191,26 @@ inline float hsum(__m256 v) {
   s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
   return _mm_cvtss_f32(s);
 }
-VP_BLOCK(__m256, 8, _mm256_setzero_ps, _mm256_loadu_ps, _mm256_fmadd_ps, hsum)
+
+template <int M>
+void block(const float* x, const float* w, float* y, int64_t K, int64_t N, int64_t n0,
+           int64_t n1) {
+  const int64_t Kv = K - K % 8;
+  for (int64_t n = n0; n < n1; ++n) {
+    const float* wn = w + n * K;
+    __m256 acc[M];
+    for (int m = 0; m < M; ++m) acc[m] = _mm256_setzero_ps();
+    for (int64_t k = 0; k < Kv; k += 8) {
+      const __m256 wv = _mm256_loadu_ps(wn + k);
+      for (int m = 0; m < M; ++m) acc[m] = _mm256_fmadd_ps(_mm256_loadu_ps(x + m * K + k), wv, acc[m]);
+    }
+    for (int m = 0; m < M; ++m) {
+      float s = hsum(acc[m]);
+      for (int64_t k = Kv; k < K; ++k) s += x[m * K + k] * wn[k];
+      y[m * N + n] = s;
+    }
+  }
+}
 
 void rows(const float* x, const float* w, float* y, int64_t M, int64_t K, int64_t N, int64_t n0,
           int64_t n1) {
@@ -308,7 +306,7 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::
       const int64_t r = i / H, h = i % H, g = h / rep;
       const int64_t base = (r * Hkv + g) * L * D;
 #ifdef VP_X86
-      avx512::attend(qp + i * D, kp + base, vp + base, mp + r * ms, 1, n, D, scale, scores.data(),
+      avx512::attend(qp + i * D, kp + base, vp + base, mp + r * ms, n, D, scale, scores.data(),
                      yp + i * D);
 #endif
     }
