@@ -38,9 +38,13 @@ def prompts(batch, text=True, task="i2v"):
 
 
 def check_same(m, batch, task="i2v", **kw):
+    """Compiled decoding gives the tokens and logits of eager decoding through PrefixLM.forward
+    (op by op: not the fused C++ blocks, which the compiled step uses when it can)."""
     ref_logits, logits = LogitsSpy(), LogitsSpy()
     uncond = prompts(batch, text=False) if "guidance_scale" in kw else None
-    ref = generate(m, prompts(batch, task=task), uncond=uncond, compile=False, logits_hook=ref_logits, **kw)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(G, "fused_blocks_usable", lambda *a: False)
+        ref = generate(m, prompts(batch, task=task), uncond=uncond, compile=False, logits_hook=ref_logits, **kw)
     out = generate(m, prompts(batch, task=task), uncond=uncond, compile=True, logits_hook=logits, **kw)
     assert torch.equal(out, ref)
     assert len(logits) == len(ref_logits) > 0
@@ -56,10 +60,11 @@ def test_cache_len_buckets():
     assert FD.cache_len(2000, 2048) == 2048 and FD.cache_len(300, 300) == 300
 
 
+@pytest.mark.parametrize("d_model", [32, 64])  # head size 8: op by op; 16: the fused C++ blocks
 @pytest.mark.parametrize("factorized", [False, True])
-def test_static_step_equals_forward_with_padding(factorized):
+def test_static_step_equals_forward_with_padding(factorized, d_model):
     """The step itself (eager): same hidden states as PrefixLM.forward on a left-padded batch."""
-    m = model(factorized_visual=factorized, visual_offset=VOCAB.visual_offset, visual_bits=6)
+    m = model(factorized_visual=factorized, visual_offset=VOCAB.visual_offset, visual_bits=6, d_model=d_model)
     p = prompts(3)
     R, P = p.ids.shape
     toks = torch.randint(VOCAB.visual_range()[0], VOCAB.visual_range()[1], (R, 5))
@@ -137,6 +142,12 @@ def test_compiled_decoding_gives_the_eager_tokens_and_logits(monkeypatch):
         check_same(m, 8, guidance_scale=3.0, seed=1, top_k=5)
         check_same(m, 8, guidance_scale=1.5, temperature=0)
         check_same(m, 8, task="avcont", seed=2, temperature=2.0)  # audio-level ranges
+        m16 = model(d_model=64)  # head size 16: the fused C++ blocks in the graph, where available
+        with torch.no_grad():
+            fused = FD.fused_blocks_usable(m16, KVCache(m16.cfg, 8, 8).layers)
+        if fused:
+            check_same(m16, 1, seed=0, temperature=1.0)
+            check_same(m16, 8, guidance_scale=3.0, seed=1, top_p=0.9)
     torch._dynamo.config.error_on_recompile = True
     try:
         with warnings.catch_warnings():

@@ -86,9 +86,9 @@ def test_disabled_by_environment(monkeypatch):
     assert not kernels.available()
 
 
-def _lm():
+def _lm(**kw):
     vocab = Vocabulary(visual_bits=6, audio_levels=2, audio_codes=16, text_size=32)
-    cfg = lm_config(vocab, dict(d_model=64, n_layers=2, n_heads=4, mlp_hidden=128, max_seq_len=256))
+    cfg = lm_config(vocab, {**dict(d_model=64, n_layers=2, n_heads=4, mlp_hidden=128, max_seq_len=256), **kw})
     torch.manual_seed(0)
     return PrefixLM(cfg).eval(), vocab
 
@@ -99,16 +99,20 @@ def test_decoding_with_kernels_matches_pytorch(monkeypatch):
     model, vocab = _lm()
     ids = torch.randint(0, vocab.size, (4, 20))
     prompt = Prompt(ids, torch.ones_like(ids, dtype=torch.bool), torch.tensor([[0, vocab.size]] * 12))
-    used = []
-    real = torch.ops.videopoet.small_linear
+    used, fused = [], []
+    real, real_layers = torch.ops.videopoet.small_linear, torch.ops.videopoet.decode_layers
     monkeypatch.setattr(
         torch.ops.videopoet, "small_linear", lambda x, w: used.append(1) or real(x, w), raising=False
+    )
+    monkeypatch.setattr(
+        torch.ops.videopoet, "decode_layers", lambda *a: fused.append(1) or real_layers(*a), raising=False
     )
     with torch.no_grad():
         h_k = model(ids)[:, -1]
         logits_k = model.logits(h_k)
         out_k = generate(model, prompt, temperature=0, compile=False)
     assert used  # the 4-row decoding steps went through the kernel
+    assert len(fused) == 11 * (kernels.vector_width() == 16)  # every step after the first
     monkeypatch.setattr(kernels, "_state", {"ok": False})
     with torch.no_grad():
         h = model(ids)[:, -1]
@@ -173,9 +177,11 @@ def test_decode_attention_refuses_wrong_inputs():
 def test_decode_step_attention_kernel_matches_reductions(monkeypatch):
     """The eager decoding step gives the same hidden states with the attention kernel as with
     the reductions it replaces."""
+    from videopoet.lm import fast_decode
     from videopoet.lm.fast_decode import decode_step
     from videopoet.lm.model import KVCache
 
+    monkeypatch.setattr(fast_decode, "fused_blocks_usable", lambda *a: False)  # op by op
     model, vocab = _lm()
     ids = torch.randint(0, vocab.size, (3, 20))
     valid = torch.ones(3, 21, dtype=torch.bool)
@@ -196,3 +202,106 @@ def test_decode_step_attention_kernel_matches_reductions(monkeypatch):
     assert len(used) == model.cfg.n_layers
     monkeypatch.setattr(kernels, "attention_usable", lambda q, k: False)
     torch.testing.assert_close(with_kernel, run(), rtol=1e-5, atol=1e-5)
+
+
+def _prefilled(model, vocab, R, L=64, P=20):
+    """A KV cache after a left-padded prefix of P tokens (row 0 padded), slots past P + 1 NaN."""
+    from videopoet.lm.model import KVCache
+
+    g = torch.Generator().manual_seed(R)
+    ids = torch.randint(0, vocab.size, (R, P + 1), generator=g)
+    valid = torch.ones(R, P + 1, dtype=torch.bool)
+    valid[0, :5] = False
+    cache = KVCache(model.cfg, R, L)
+    with torch.no_grad():
+        model(ids[:, :P], cache=cache, key_valid=valid[:, :P])
+    for k, v in cache.layers:  # never read: the step sees only the first P + 1 slots
+        k[:, :, P + 1 :] = float("nan")
+        v[:, :, P + 1 :] = float("nan")
+    return cache, ids[:, P:], valid
+
+
+@needs_avx512
+@pytest.mark.parametrize(
+    "kw",
+    [{}, dict(n_kv_heads=2), dict(mlp_hidden=40, tie_embeddings=True), dict(factorized_visual=True)],
+    ids=["plain", "grouped-kv", "odd-hidden-tied", "factorized"],
+)
+@pytest.mark.parametrize("R", [1, 3])
+def test_decode_layers_equals_the_op_by_op_step(kw, R, monkeypatch):
+    """All the blocks in one C++ call (and the head, unless factorized) give the hidden states,
+    logits and cache writes of the op-by-op step: grouped kv heads, an MLP width the AVX-512
+    tiles do not divide, tied embeddings, padding, NaN in the slots past the position."""
+    from videopoet.lm import fast_decode
+
+    model, vocab = _lm(**kw)
+    calls = []
+    real = torch.ops.videopoet.decode_layers
+    monkeypatch.setattr(
+        torch.ops.videopoet, "decode_layers", lambda *a: calls.append(a[-1] is not None) or real(*a), raising=False
+    )
+    usable = fast_decode.fused_blocks_usable
+    for logits in (False, True):
+        out = {}
+        for fused in (True, False):
+            monkeypatch.setattr(fast_decode, "fused_blocks_usable", usable if fused else lambda *a: False)
+            cache, tok, valid = _prefilled(model, vocab, R)
+            with torch.no_grad():
+                y = fast_decode.decode_step(model, tok, torch.tensor(20), cache.layers, valid, logits=logits)
+            out[fused] = (y, cache.layers)
+        (y, kv), (ref, ref_kv) = out[True], out[False]
+        assert y.shape == ((R, vocab.size) if logits else (R, 64))
+        torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+        for (k, v), (rk, rv) in zip(kv, ref_kv, strict=True):
+            torch.testing.assert_close(k[:, :, :21], rk[:, :, :21], rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(v[:, :, :21], rv[:, :, :21], rtol=1e-5, atol=1e-6)
+    head_fused = "factorized" not in str(kw)
+    assert calls == [False, head_fused]  # once per fused step; the head inside unless factorized
+
+
+@needs_avx512
+def test_decode_layers_used_only_for_plain_blocks_without_gradients():
+    from videopoet.lm.fast_decode import fused_blocks_usable
+    from videopoet.lm.model import KVCache
+
+    model, _ = _lm()
+    kv = KVCache(model.cfg, 2, 32).layers
+    with torch.no_grad():
+        assert fused_blocks_usable(model, kv)
+        assert not fused_blocks_usable(model, KVCache(model.cfg, kernels.MAX_ROWS + 1, 32).layers)
+        hook = model.layers[1].mlp.w13.register_forward_hook(lambda *a: None)  # e.g. an adapter
+        assert not fused_blocks_usable(model, kv)
+        hook.remove()
+        model.layers[0].attn_norm.eps = 1e-3  # one eps for the whole model
+        assert not fused_blocks_usable(model, kv)
+        model.layers[0].attn_norm.eps = model.cfg.norm_eps
+        assert fused_blocks_usable(model, kv)
+    assert not fused_blocks_usable(model, kv)  # gradients wanted: the modules run
+
+
+@needs_avx512
+def test_decode_layers_refuses_wrong_inputs():
+    model, _ = _lm()
+    kv = [t for pair in _prefilled(model, _lm()[1], 1)[0].layers for t in pair]
+    w = [m.weight.detach() for b in model.layers for m in (b.attn_norm, b.attn.wqkv, b.attn.wo, b.mlp_norm, b.mlp.w13, b.mlp.w2)]
+    w.append(model.norm.weight.detach())
+    x, valid = torch.randn(1, 64), torch.ones(1, 21, dtype=torch.bool)
+    cos, sin = model.rope_cos, model.rope_sin
+
+    def call(**kw):
+        a = dict(x=x, weights=w, caches=kv, valid=valid, cos=cos, sin=sin, eps=1e-5, n_heads=4, head=None)
+        a.update(kw)
+        return torch.ops.videopoet.decode_layers(*a.values())
+
+    assert call().shape == (1, 64)
+    assert call(head=model.head.weight.detach()).shape == (1, model.cfg.vocab_size)
+    with pytest.raises(RuntimeError, match="6 weights per block"):
+        call(weights=w[:-1])
+    with pytest.raises(RuntimeError, match="wqkv has shape"):
+        call(weights=[w[0], w[1][:-16], *w[2:]])
+    with pytest.raises(RuntimeError, match="contiguous float32"):
+        call(weights=[w[0], w[1].double(), *w[2:]])
+    with pytest.raises(RuntimeError, match="valid slots"):
+        call(valid=torch.ones(1, 65, dtype=torch.bool))  # more slots than the cache holds
+    with pytest.raises(RuntimeError, match="head has shape"):
+        call(head=torch.randn(10, 32))

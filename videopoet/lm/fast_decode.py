@@ -59,14 +59,51 @@ def rotary_halves(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torc
     return torch.addcmul(x * cos, torch.cat([x[..., h:], x[..., :h]], dim=-1), sin)
 
 
+def fused_blocks_usable(model: PrefixLM, kv: list[tuple[torch.Tensor, torch.Tensor]]) -> bool:
+    """Whether `decode_layers` (every block of a step in one C++ call) can run this model on this
+    cache: the kernels with AVX-512, fp32 CPU, at most `kernels.MAX_ROWS` rows, no gradient, and
+    plain blocks (RMSNorm and bias-free Linear modules without hooks: an adapter or an FSDP
+    wrapper needs its modules to run, so the step then goes op by op)."""
+    k = kv[0][0]
+    if not (
+        kernels.attention_usable(k, k)  # AVX-512, fp32 CPU cache, a head size the kernel takes
+        and k.shape[0] <= kernels.MAX_ROWS
+        and all(a.is_contiguous() and b.is_contiguous() for a, b in kv)
+        and not (torch.is_grad_enabled() and any(p.requires_grad for p in model.parameters()))
+    ):
+        return False
+    eps = model.cfg.norm_eps
+    mods: list[torch.nn.Module] = [model.norm]
+    for layer in model.layers:
+        mods += [layer.attn_norm, layer.mlp_norm, layer.attn.wqkv, layer.attn.wo, layer.mlp.w13, layer.mlp.w2]
+    return all(
+        (type(m) is torch.nn.RMSNorm and m.weight is not None and m.eps == eps)
+        or (type(m) is torch.nn.Linear and m.bias is None)
+        for m in mods
+    ) and not any(m._forward_hooks or m._forward_pre_hooks for m in mods)
+
+
+def _fused_head(model: PrefixLM) -> torch.Tensor | None:
+    """The head weight decode_layers can apply itself (one dense head, no hooks), else None."""
+    if model.n_visual:  # the factorized visual head: model.logits
+        return None
+    if model.head is not None and (
+        type(model.head) is not torch.nn.Linear or model.head._forward_hooks or model.head._forward_pre_hooks
+    ):
+        return None
+    return model._head_weight()
+
+
 def decode_step(
     model: PrefixLM,
     tok: torch.Tensor,
     pos: torch.Tensor,
     kv: list[tuple[torch.Tensor, torch.Tensor]],
     valid: torch.Tensor,
+    logits: bool = False,
 ) -> torch.Tensor:
-    """One token per row at position `pos` -> final hidden state (R, d); writes k/v at `pos`.
+    """One token per row at position `pos` -> final hidden state (R, d), or with logits=True the
+    logits over the whole vocabulary (R, V); writes k/v at `pos`.
 
     tok (R, 1) long; pos () long; kv: per layer (R, Hkv, L, D) keys and values (updated in place,
     written by index_put_ so that inductor keeps the update in place); valid (R, n) bool, the
@@ -74,6 +111,25 @@ def decode_step(
     """
     R, n = valid.shape
     x = model.embed(tok)  # (R, 1, d)
+    if fused_blocks_usable(model, kv):  # all the blocks (and the head) in one C++ call
+        head = _fused_head(model) if logits else None
+        weights = [
+            m.weight
+            for b in model.layers
+            for m in (b.attn_norm, b.attn.wqkv, b.attn.wo, b.mlp_norm, b.mlp.w13, b.mlp.w2)
+        ] + [model.norm.weight]
+        out = torch.ops.videopoet.decode_layers(
+            x.view(R, -1),
+            weights,
+            [t for pair in kv for t in pair],
+            valid,
+            model.rope_cos,
+            model.rope_sin,
+            model.cfg.norm_eps,
+            model.cfg.n_heads,
+            head,
+        )
+        return model.logits(out) if logits and head is None else out
     p = pos.view(1)
     cos, sin = model.rope_cos.index_select(0, p), model.rope_sin.index_select(0, p)  # (1, 1, D)
     hide = ~valid[:, None, None, :]  # (R, 1, 1, n)
@@ -95,7 +151,8 @@ def decode_step(
             y = (s[..., None] * cv[:, :, None, :n]).sum(-2).reshape(R, 1, H * D)
         x = x + linear(y, a.wo)
         x = x + layer.mlp(layer.mlp_norm(x))
-    return model.norm(x)[:, 0]
+    h = model.norm(x)[:, 0]
+    return model.logits(h) if logits else h
 
 
 @dataclass(frozen=True)
@@ -134,8 +191,7 @@ def sample_step(
     [lo, hi): one graph serves every range (visual, audio levels, forced markers), at the cost of
     the head rows outside the range.
     """
-    h = decode_step(model, tok[:, None], pos, kv, valid)
-    logits = model.logits(h)
+    logits = decode_step(model, tok[:, None], pos, kv, valid, logits=True)
     if how.guided:
         logits = guided_logits(logits[: how.batch], logits[how.batch :], scale)
     ids = torch.arange(logits.shape[-1], device=logits.device)

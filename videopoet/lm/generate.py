@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from videopoet.errors import InputError
-from videopoet.lm.fast_decode import DecodeStep, Sampling, cache_len
+from videopoet.lm.fast_decode import DecodeStep, Sampling, cache_len, fused_blocks_usable
 from videopoet.lm.model import KVCache, PrefixLM
 from videopoet.lm.sampling import guided_logits, pick
 from videopoet.lm.sequence import Sequence, build_sequence, output_codes, stack_text_embeds
@@ -204,7 +204,7 @@ def generate(
         return pick(logits, u, temp_t, top_k, top_p) + lo
 
     kw = dict(prefix_len=P, key_valid=valid, text_embeds=emb, text_positions=pos)
-    step = None
+    step = eager_step = None
     if use_cache:
         L = cache_len(P + T_out, model.cfg.max_seq_len)
         key = (id(model), R, L, how)
@@ -214,6 +214,8 @@ def generate(
         h = model(ids, cache=cache, **kw)[:, -1]
         if compile and T_out > 1:
             step = DecodeStep(model, cache, compile=True)
+        elif T_out > 1 and fused_blocks_usable(model, cache.layers):
+            eager_step = DecodeStep(model, cache, compile=False)  # all blocks in one C++ call
     else:
         seq, seq_valid = ids, valid
         h = model(seq, **kw)[:, -1]
@@ -243,7 +245,9 @@ def generate(
                     with torch.compiler.set_stance("default"):
                         logits_hook(t, logits[:, legal[t][0] : legal[t][1]])
             else:
-                if use_cache:
+                if eager_step is not None:
+                    h = eager_step(feed[:, None])
+                elif use_cache:
                     h = model(feed[:, None], cache=cache)[:, -1]
                 else:
                     seq = torch.cat([seq, feed[:, None]], dim=1)

@@ -80,6 +80,10 @@ def _load() -> bool:
         def _(q, k, v, valid):
             return q.new_empty(q.shape)
 
+        @torch.library.register_fake("videopoet::decode_layers")
+        def _(x, weights, caches, valid, cos, sin, eps, n_heads, head=None):
+            return x.new_empty(x.shape if head is None else (x.shape[0], head.shape[0]))
+
     except Exception as e:  # noqa: BLE001 -- no compiler, no ninja, a failed build: fall back
         warnings.warn(
             f"videopoet C++ kernels unavailable ({type(e).__name__}: {str(e)[:300]}); "

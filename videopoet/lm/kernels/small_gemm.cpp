@@ -17,7 +17,14 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <cstring>
+#include <optional>
+#include <utility>
 #include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define VP_X86 1
@@ -314,15 +321,247 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::
   return y;
 }
 
+
+// ---- decode_layers: every transformer block of one decoding step in one call ---------------------
+//
+// A compiled decoding step at one row still made ~60 separate calls per token (a matrix-vector
+// product, a fused elementwise kernel, the attention, ...), each its own OpenMP fork and join
+// plus the framework's per-call work (output allocation, argument checks), and MKL ran its
+// one-row products on a single thread there: profiled at batch 1 on two threads, the second
+// thread spent ~30% of its time waiting. Here one parallel region runs all the blocks: the
+// threads split each matrix by 16-column groups (both stream their share of the weights at the
+// same time) and meet at a barrier between the phases that need each other's results (five per
+// block). The RMSNorms are recomputed by every thread (a few hundred floats per row), so they
+// need no barrier of their own.
+
+#ifdef VP_X86
+#pragma GCC push_options
+#pragma GCC target("avx512f,fma")
+namespace avx512 {
+// norm(x) * weight for R rows of d floats (x, out row stride d).
+inline void rms_norm(const float* x, const float* weight, float* out, int64_t R, int64_t d, float eps) {
+  for (int64_t r = 0; r < R; ++r) {
+    const float* xr = x + r * d;
+    __m512 acc = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= d; i += 16) {
+      const __m512 v = _mm512_loadu_ps(xr + i);
+      acc = _mm512_fmadd_ps(v, v, acc);
+    }
+    float ss = _mm512_reduce_add_ps(acc);
+    for (; i < d; ++i) ss += xr[i] * xr[i];
+    const float inv = 1.0f / std::sqrt(ss / static_cast<float>(d) + eps);
+    for (i = 0; i < d; ++i) out[r * d + i] = xr[i] * inv * weight[i];
+  }
+}
+
+// u[i] = silu(gate[i]) * up[i] for i < count; silu(a) = a sigmoid(a), the sigmoid from
+// e = exp(-|a|) <= 1 (exp_neg's range): 1 / (1 + e) for a >= 0, e / (1 + e) below.
+inline void silu_mul(const float* gate, const float* up, float* u, int64_t count) {
+  int64_t i = 0;
+  for (; i + 16 <= count; i += 16) {
+    const __m512 a = _mm512_loadu_ps(gate + i);
+    const __m512 e = exp_neg(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_abs_ps(a)));
+    const __m512 inv = _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+    const __mmask16 neg = _mm512_cmp_ps_mask(a, _mm512_setzero_ps(), _CMP_LT_OQ);
+    const __m512 sig = _mm512_mask_mul_ps(inv, neg, inv, e);
+    _mm512_storeu_ps(u + i, _mm512_mul_ps(_mm512_mul_ps(a, sig), _mm512_loadu_ps(up + i)));
+  }
+  for (; i < count; ++i) u[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+}
+
+// Rotary embedding, rotate-half convention with sign-folded sin (videopoet/lm/model.py):
+// out[i] = x[i] cos[i] + x[(i + D/2) mod D] sin[i].
+inline void rotate(const float* x, const float* cos, const float* sin, float* out, int64_t D) {
+  const int64_t h = D / 2;
+  for (int64_t i = 0; i < D; ++i) out[i] = x[i] * cos[i] + x[i < h ? i + h : i - h] * sin[i];
+}
+
+// x[r, c] += o[r, c] for the columns [c0, c1) of R rows (row stride d)
+inline void add_columns(float* x, const float* o, int64_t R, int64_t d, int64_t c0, int64_t c1) {
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t c = c0; c < c1; ++c) x[r * d + c] += o[r * d + c];
+}
+}  // namespace avx512
+#pragma GCC pop_options
+
+// [lo, hi) of `count` items for thread t of nt (contiguous, sizes differing by at most one)
+inline std::pair<int64_t, int64_t> share(int64_t count, int t, int nt) {
+  return {count * t / nt, count * (t + 1) / nt};
+}
+
+struct BlockWeights {
+  const float *attn_norm, *wqkv, *wo, *mlp_norm, *w13, *w2;
+  float *k, *v;
+};
+#endif
+
+// x (R, d): the embedded tokens of one decoding step at position pos = n - 1, n = valid.size(1).
+// weights: per block attn_norm (d), wqkv ((H + 2 Hkv) D, d), wo (d, H D), mlp_norm (d),
+// w13 (2 h, d), w2 (d, h), then the final norm (d); caches: per block k, v (R, Hkv, L, D), written
+// at pos; valid (R, n): key validity; cos, sin (>= n, 1, D): the rotary tables. Returns the
+// final-normed hidden states (R, d), or with `head` (V, d) the logits (R, V) (the head's columns
+// split between the threads like the blocks' matrices). Each block is x += attn(norm(x)); x += mlp(norm(x)) exactly
+// as PrefixLM (up to float summation order).
+at::Tensor decode_layers(const at::Tensor& x_in, at::TensorList weights, at::TensorList caches,
+                         const at::Tensor& valid, const at::Tensor& cos, const at::Tensor& sin,
+                         double eps, int64_t n_heads, const std::optional<at::Tensor>& head) {
+  TORCH_CHECK(vector_width() == 16, "decode_layers: needs AVX-512");
+  const int64_t nl = static_cast<int64_t>(caches.size()) / 2;
+  TORCH_CHECK(nl >= 1 && static_cast<int64_t>(caches.size()) == 2 * nl &&
+                  static_cast<int64_t>(weights.size()) == 6 * nl + 1,
+              "decode_layers: 6 weights per block plus the final norm, and 2 caches per block; got ",
+              weights.size(), " weights and ", caches.size(), " caches");
+  TORCH_CHECK(x_in.dim() == 2 && valid.dim() == 2 && valid.size(0) == x_in.size(0),
+              "decode_layers: x (R, d) and valid (R, n) expected, got ", x_in.sizes(), " and ",
+              valid.sizes());
+  const int64_t R = x_in.size(0), d = x_in.size(1), n = valid.size(1);
+  const at::Tensor& k0 = caches[0];
+  TORCH_CHECK(k0.dim() == 4 && k0.size(0) == R, "decode_layers: caches (R, Hkv, L, D) expected, got ",
+              k0.sizes());
+  const int64_t Hkv = k0.size(1), L = k0.size(2), D = k0.size(3), H = n_heads;
+  TORCH_CHECK(H >= 1 && H % Hkv == 0 && D % 16 == 0 && D <= 256 && n >= 1 && n <= L,
+              "decode_layers: ", H, " heads, caches ", k0.sizes(), ", ", n, " valid slots");
+  const int64_t Nqkv = (H + 2 * Hkv) * D, HD = H * D;
+  const int64_t hid = weights[4].size(0) / 2;
+  auto check = [](const at::Tensor& t, at::IntArrayRef shape, const char* what) {
+    TORCH_CHECK(t.sizes() == shape, "decode_layers: ", what, " has shape ", t.sizes(), ", expected ",
+                shape);
+    TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous(),
+                "decode_layers: ", what, " must be a contiguous float32 CPU tensor");
+  };
+  check(x_in, {R, d}, "x");
+  for (int64_t l = 0; l < nl; ++l) {
+    check(weights[6 * l], {d}, "attn_norm");
+    check(weights[6 * l + 1], {Nqkv, d}, "wqkv");
+    check(weights[6 * l + 2], {d, HD}, "wo");
+    check(weights[6 * l + 3], {d}, "mlp_norm");
+    check(weights[6 * l + 4], {2 * hid, d}, "w13");
+    check(weights[6 * l + 5], {d, hid}, "w2");
+    check(caches[2 * l], {R, Hkv, L, D}, "k cache");
+    check(caches[2 * l + 1], {R, Hkv, L, D}, "v cache");
+  }
+  check(weights[6 * nl], {d}, "final norm");
+  const bool with_head = head.has_value() && head->defined();
+  const int64_t V = with_head ? head->size(0) : 0;
+  if (with_head) check(*head, {V, d}, "head");
+  TORCH_CHECK(valid.scalar_type() == at::kBool && valid.stride(1) == 1,
+              "decode_layers: valid must be bool with contiguous rows");
+  TORCH_CHECK(cos.dim() == 3 && cos.size(0) >= n && cos.size(2) == D && cos.is_contiguous() &&
+                  sin.sizes() == cos.sizes() && sin.is_contiguous() &&
+                  cos.scalar_type() == at::kFloat && sin.scalar_type() == at::kFloat,
+              "decode_layers: rotary tables (>= n, 1, D) float32 expected, got ", cos.sizes());
+  at::Tensor x = x_in.clone();  // the residual stream, updated in place, normed at the end
+  at::Tensor logits = with_head ? at::empty({R, V}, x.options()) : at::Tensor();
+#ifdef VP_X86
+  const int64_t pos = n - 1;
+  const int nt = std::max(1, at::get_num_threads());
+  // scratch: qkv (R, Nqkv), attention output (R, HD), projection output (R, d), gate|up (R, 2 hid),
+  // silu(gate) * up (R, hid); per thread: normed x (R, d), rotated query (D), scores (n + 16)
+  const int64_t per_thread = R * d + D + n + 16;
+  at::Tensor scratch = at::empty({R * (Nqkv + HD + d + 3 * hid) + nt * per_thread}, x.options());
+  float* qkv = scratch.data_ptr<float>();
+  float* y = qkv + R * Nqkv;
+  float* o = y + R * HD;
+  float* g = o + R * d;
+  float* u = g + R * 2 * hid;
+  float* priv = u + R * hid;
+  std::vector<BlockWeights> blocks(nl);
+  for (int64_t l = 0; l < nl; ++l)
+    blocks[l] = {weights[6 * l].const_data_ptr<float>(),     weights[6 * l + 1].const_data_ptr<float>(),
+                 weights[6 * l + 2].const_data_ptr<float>(), weights[6 * l + 3].const_data_ptr<float>(),
+                 weights[6 * l + 4].const_data_ptr<float>(), weights[6 * l + 5].const_data_ptr<float>(),
+                 caches[2 * l].data_ptr<float>(),            caches[2 * l + 1].data_ptr<float>()};
+  const float* final_norm = weights[6 * nl].const_data_ptr<float>();
+  const float* hp = with_head ? head->const_data_ptr<float>() : nullptr;
+  float* lp = with_head ? logits.data_ptr<float>() : nullptr;
+  const float* cp = cos.const_data_ptr<float>() + pos * D;
+  const float* sp = sin.const_data_ptr<float>() + pos * D;
+  const bool* mp = valid.const_data_ptr<bool>();
+  const int64_t ms = valid.stride(0);
+  float* xp = x.data_ptr<float>();
+  const float feps = static_cast<float>(eps), scale = 1.0f / std::sqrt(static_cast<float>(D));
+  const int64_t rep = H / Hkv;
+  const Kernel mm_d = pick(16, d), mm_hd = pick(16, HD), mm_hid = pick(16, hid);
+  const int64_t g_qkv = (Nqkv + 15) / 16, g_d = (d + 15) / 16, g_hid = (hid + 15) / 16;
+
+#pragma omp parallel num_threads(nt)
+  {
+#ifdef _OPENMP
+    const int t = omp_get_thread_num(), T = omp_get_num_threads();
+#else
+    const int t = 0, T = 1;
+#endif
+    float* xn = priv + t * per_thread;
+    float* qrot = xn + R * d;
+    float* scores = qrot + D;
+    const auto [c0, c1] = share(g_qkv, t, T);
+    const auto [e0, e1] = share(g_d, t, T);
+    const auto [h0, h1] = share(g_hid, t, T);
+    const auto [p0, p1] = share(R * Hkv, t, T);
+    const int64_t qa = c0 * 16, qb = std::min(c1 * 16, Nqkv);
+    const int64_t da = e0 * 16, db = std::min(e1 * 16, d);
+    const int64_t ha = h0 * 16, hb = std::min(h1 * 16, hid);
+    for (int64_t l = 0; l < nl; ++l) {
+      const BlockWeights& b = blocks[l];
+      avx512::rms_norm(xp, b.attn_norm, xn, R, d, feps);
+      mm_d(xn, b.wqkv, qkv, R, d, Nqkv, qa, qb);
+#pragma omp barrier
+      for (int64_t p = p0; p < p1; ++p) {  // one (row, kv head) pair: its cache slot, its queries
+        const int64_t r = p / Hkv, kh = p % Hkv;
+        const float* row = qkv + r * Nqkv;
+        float* kc = b.k + (r * Hkv + kh) * L * D;
+        float* vc = b.v + (r * Hkv + kh) * L * D;
+        avx512::rotate(row + (H + kh) * D, cp, sp, kc + pos * D, D);
+        std::memcpy(vc + pos * D, row + (H + Hkv + kh) * D, D * sizeof(float));
+        for (int64_t h = kh * rep; h < (kh + 1) * rep; ++h) {
+          avx512::rotate(row + h * D, cp, sp, qrot, D);
+          avx512::attend(qrot, kc, vc, mp + r * ms, n, D, scale, scores, y + r * HD + h * D);
+        }
+      }
+#pragma omp barrier
+      mm_hd(y, b.wo, o, R, HD, d, da, db);
+      avx512::add_columns(xp, o, R, d, da, db);
+#pragma omp barrier
+      avx512::rms_norm(xp, b.mlp_norm, xn, R, d, feps);
+      mm_d(xn, b.w13, g, R, d, 2 * hid, ha, hb);  // gate columns [ha, hb)
+      mm_d(xn, b.w13, g, R, d, 2 * hid, hid + ha, hid + hb);  // and the matching up columns
+      for (int64_t r = 0; r < R; ++r)
+        avx512::silu_mul(g + r * 2 * hid + ha, g + r * 2 * hid + hid + ha, u + r * hid + ha, hb - ha);
+#pragma omp barrier
+      mm_hid(u, b.w2, o, R, hid, d, da, db);
+      avx512::add_columns(xp, o, R, d, da, db);
+#pragma omp barrier
+    }
+    if (with_head) {  // every thread norms all rows (no barrier), then its share of the head
+      avx512::rms_norm(xp, final_norm, xn, R, d, feps);
+      const auto [v0, v1] = share((V + 15) / 16, t, T);
+      mm_d(xn, hp, lp, R, d, V, v0 * 16, std::min(v1 * 16, V));
+    } else {
+      const auto [r0, r1] = share(R, t, T);
+      for (int64_t r = r0; r < r1; ++r) {  // the final norm, in place, a row per thread
+        avx512::rms_norm(xp + r * d, final_norm, xn, 1, d, feps);
+        std::memcpy(xp + r * d, xn, d * sizeof(float));
+      }
+    }
+  }
+#endif
+  return with_head ? logits : x;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(videopoet, m) {
   m.def("small_linear(Tensor x, Tensor w) -> Tensor");
   m.def("small_linear_width() -> int", &vector_width);
   m.def("decode_attention(Tensor q, Tensor k, Tensor v, Tensor valid) -> Tensor");
+  m.def(
+      "decode_layers(Tensor x, Tensor[] weights, Tensor(a!)[] caches, Tensor valid, Tensor cos, "
+      "Tensor sin, float eps, int n_heads, Tensor? head=None) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(videopoet, CPU, m) {
   m.impl("small_linear", &small_linear);
   m.impl("decode_attention", &decode_attention);
+  m.impl("decode_layers", &decode_layers);
 }
