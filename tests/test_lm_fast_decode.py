@@ -126,6 +126,13 @@ def test_auto_compile_rule(monkeypatch):
     generate(m, p, seed=0, top_k=3)  # another graph: not compiled for a short generation
     generate(m, prompts(2), seed=0)  # other rows
     assert calls == [True, True]
+    # a model the fused C++ blocks can run decodes eagerly through them: never compiled by default
+    m16 = model(d_model=64)
+    monkeypatch.setattr(G, "AUTO_COMPILE_STEPS", 10)
+    with torch.no_grad():
+        fused = FD.fused_blocks_usable(m16, 1)
+    generate(m16, prompts(1), seed=0)
+    assert calls == [True, True, not fused]  # fused: an eager step (compile=False)
 
 
 @pytest.mark.slow
@@ -144,7 +151,7 @@ def test_compiled_decoding_gives_the_eager_tokens_and_logits(monkeypatch):
         check_same(m, 8, task="avcont", seed=2, temperature=2.0)  # audio-level ranges
         m16 = model(d_model=64)  # head size 16: the fused C++ blocks in the graph, where available
         with torch.no_grad():
-            fused = FD.fused_blocks_usable(m16, KVCache(m16.cfg, 8, 8).layers)
+            fused = FD.fused_blocks_usable(m16, 16)  # batch 8 with guidance
         if fused:
             check_same(m16, 1, seed=0, temperature=1.0)
             check_same(m16, 8, guidance_scale=3.0, seed=1, top_p=0.9)

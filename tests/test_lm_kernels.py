@@ -262,21 +262,21 @@ def test_decode_layers_equals_the_op_by_op_step(kw, R, monkeypatch):
 @needs_avx512
 def test_decode_layers_used_only_for_plain_blocks_without_gradients():
     from videopoet.lm.fast_decode import fused_blocks_usable
-    from videopoet.lm.model import KVCache
 
     model, _ = _lm()
-    kv = KVCache(model.cfg, 2, 32).layers
     with torch.no_grad():
-        assert fused_blocks_usable(model, kv)
-        assert not fused_blocks_usable(model, KVCache(model.cfg, kernels.MAX_ROWS + 1, 32).layers)
+        assert fused_blocks_usable(model, 2)
+        assert not fused_blocks_usable(model, kernels.MAX_ROWS + 1)
         hook = model.layers[1].mlp.w13.register_forward_hook(lambda *a: None)  # e.g. an adapter
-        assert not fused_blocks_usable(model, kv)
+        assert not fused_blocks_usable(model, 2)
         hook.remove()
         model.layers[0].attn_norm.eps = 1e-3  # one eps for the whole model
-        assert not fused_blocks_usable(model, kv)
+        assert not fused_blocks_usable(model, 2)
         model.layers[0].attn_norm.eps = model.cfg.norm_eps
-        assert fused_blocks_usable(model, kv)
-    assert not fused_blocks_usable(model, kv)  # gradients wanted: the modules run
+        assert fused_blocks_usable(model, 2)
+        assert not fused_blocks_usable(_lm(n_heads=8)[0], 2)  # head size 8: not the kernel's
+        assert not fused_blocks_usable(model.double(), 2)
+    assert not fused_blocks_usable(model.float(), 2)  # gradients wanted: the modules run
 
 
 @needs_avx512

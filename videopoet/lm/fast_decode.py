@@ -21,10 +21,19 @@ module exploits:
   uniforms the caller takes from its `torch.Generator` (videopoet/lm/sampling.py): the same
   tokens as eager decoding with the same seed, and no eager sampling kernels between steps.
 
+When the C++ kernels are built with AVX-512 and the blocks are plain (videopoet/lm/kernels,
+`fused_blocks_usable`), every block of the step, the final norm and a dense head run in one
+call, `decode_layers`: one OpenMP parallel region for the whole step instead of ~60 separate
+calls per token (each its own fork and join, output allocation and argument checks). The graph
+around it is then only the embedding and the sampling. Otherwise the blocks run op by op as
+below.
+
 `DecodeStep(model, cache, compile=True)` compiles the step with inductor (it fuses RMSNorm,
 rotary, SwiGLU, residuals, attention and sampling and removes the per-op dispatch); if
 compilation fails (no C compiler, an unsupported op) it warns once and runs the same step
 eagerly. Each distinct `Sampling` (rows, guidance on/off, greedy, top-k, top-p) is its own graph.
+`generate(compile=False)` also decodes through an eager `DecodeStep` when `decode_layers` can
+run the model.
 """
 
 from __future__ import annotations
@@ -59,16 +68,22 @@ def rotary_halves(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torc
     return torch.addcmul(x * cos, torch.cat([x[..., h:], x[..., :h]], dim=-1), sin)
 
 
-def fused_blocks_usable(model: PrefixLM, kv: list[tuple[torch.Tensor, torch.Tensor]]) -> bool:
-    """Whether `decode_layers` (every block of a step in one C++ call) can run this model on this
-    cache: the kernels with AVX-512, fp32 CPU, at most `kernels.MAX_ROWS` rows, no gradient, and
-    plain blocks (RMSNorm and bias-free Linear modules without hooks: an adapter or an FSDP
-    wrapper needs its modules to run, so the step then goes op by op)."""
-    k = kv[0][0]
+def fused_blocks_usable(model: PrefixLM, rows: int) -> bool:
+    """Whether `decode_layers` (every block of a step in one C++ call) can run this model at
+    `rows` rows: the kernels with AVX-512, fp32 CPU weights, a head size the attention kernel
+    takes, at most `kernels.MAX_ROWS` rows, no gradient, and plain blocks (RMSNorm and bias-free
+    Linear modules without hooks: an adapter or an FSDP wrapper needs its modules to run, so the
+    step then goes op by op). The caches are the model's dtype (generate makes them so; the op
+    refuses others)."""
+    w = model.norm.weight
+    D = model.cfg.head_dim
     if not (
-        kernels.attention_usable(k, k)  # AVX-512, fp32 CPU cache, a head size the kernel takes
-        and k.shape[0] <= kernels.MAX_ROWS
-        and all(a.is_contiguous() and b.is_contiguous() for a, b in kv)
+        w.device.type == "cpu"
+        and w.dtype == torch.float32
+        and D % 16 == 0
+        and D <= 256
+        and rows <= kernels.MAX_ROWS
+        and kernels.vector_width() == 16
         and not (torch.is_grad_enabled() and any(p.requires_grad for p in model.parameters()))
     ):
         return False
@@ -78,7 +93,7 @@ def fused_blocks_usable(model: PrefixLM, kv: list[tuple[torch.Tensor, torch.Tens
         mods += [layer.attn_norm, layer.mlp_norm, layer.attn.wqkv, layer.attn.wo, layer.mlp.w13, layer.mlp.w2]
     return all(
         (type(m) is torch.nn.RMSNorm and m.weight is not None and m.eps == eps)
-        or (type(m) is torch.nn.Linear and m.bias is None)
+        or (type(m) is torch.nn.Linear and m.bias is None and m.weight.dtype == torch.float32)
         for m in mods
     ) and not any(m._forward_hooks or m._forward_pre_hooks for m in mods)
 
@@ -111,7 +126,7 @@ def decode_step(
     """
     R, n = valid.shape
     x = model.embed(tok)  # (R, 1, d)
-    if fused_blocks_usable(model, kv):  # all the blocks (and the head) in one C++ call
+    if fused_blocks_usable(model, R):  # all the blocks (and the head) in one C++ call
         head = _fused_head(model) if logits else None
         weights = [
             m.weight

@@ -13,10 +13,12 @@
 - `compile=True` runs the decoding steps, logits and sampling included, through a shape-static
   step compiled with torch.compile (videopoet/lm/fast_decode.py); same tokens as eager decoding
   with the same seed (the compiled step masks full-vocabulary logits to the legal range instead
-  of computing only that range). Compiling costs tens of seconds on a
-  small CPU, so the default (`compile=None`) compiles only when it pays: at least
-  `AUTO_COMPILE_STEPS` new positions, or a step already compiled in this process for the same
-  model, rows, cache bucket and sampling settings.
+  of computing only that range). Compiling costs 5-22 s on a small CPU, so the default
+  (`compile=None`) compiles only when it pays: a step already compiled in this process for the
+  same model, rows, cache bucket and sampling settings, or at least `AUTO_COMPILE_STEPS` new
+  positions when the blocks cannot run as one C++ call (`fast_decode.fused_blocks_usable`).
+  When they can, eager decoding uses that call too and compiling saves only the eager sampling
+  ops (~0.4 ms per step at batch 1, nothing measurable at batch 8), so it is not automatic.
 """
 
 from __future__ import annotations
@@ -37,9 +39,10 @@ from videopoet.lm.sequence import Sequence, build_sequence, output_codes, stack_
 from videopoet.lm.vocab import Vocabulary
 from videopoet.tasks.specs import get_task
 
-# compile=None compiles from this many generated positions on. cpu preset, one thread: compiling
-# takes ~22 s with a cold inductor cache (~14 s warm) and saves ~1.8 ms per step at batch 1 and
-# ~3.3 ms at batch 8, so it pays from ~7,000-12,000 steps cold (benchmarks/RESULTS.md, prefix LM).
+# compile=None compiles from this many generated positions on when the fused C++ blocks cannot
+# run the model (no AVX-512, adapters or hooks, other head sizes). cpu preset, one thread, op by
+# op: compiling takes ~22 s with a cold inductor cache (~14 s warm) and saves ~1.8 ms per step at
+# batch 1 and ~3.3 ms at batch 8, so it pays from ~7,000-12,000 steps cold (benchmarks/RESULTS.md).
 # Later calls with the same model, rows, cache bucket and sampling settings (guidance on/off,
 # greedy, top-k, top-p: part of the graph) reuse the graph and always compile (for free).
 AUTO_COMPILE_STEPS = 8192
@@ -209,12 +212,12 @@ def generate(
         L = cache_len(P + T_out, model.cfg.max_seq_len)
         key = (id(model), R, L, how)
         if compile is None:
-            compile = T_out >= AUTO_COMPILE_STEPS or key in _compiled_keys
+            compile = key in _compiled_keys or (T_out >= AUTO_COMPILE_STEPS and not fused_blocks_usable(model, R))
         cache = KVCache(model.cfg, R, L if compile else P + T_out, device=device, dtype=dtype)
         h = model(ids, cache=cache, **kw)[:, -1]
         if compile and T_out > 1:
             step = DecodeStep(model, cache, compile=True)
-        elif T_out > 1 and fused_blocks_usable(model, cache.layers):
+        elif T_out > 1 and fused_blocks_usable(model, R):
             eager_step = DecodeStep(model, cache, compile=False)  # all blocks in one C++ call
     else:
         seq, seq_valid = ids, valid

@@ -9,6 +9,13 @@ matrix-vector product stays in use (benchmarks/bench_small_gemm.py, benchmarks/R
 KV cache (AVX-512 only), reading each cached key and value once: inductor's fused version of the
 same reductions took ~2x the time of that read at 8 rows.
 
+`decode_layers(x, weights, caches, valid, cos, sin, eps, n_heads, head=None)` runs every block
+of a decoding step (RMSNorm, QKV, rotary, cache write, attention, output projection, SwiGLU,
+residuals), the final norm and optionally the head, in one OpenMP parallel region (AVX-512 only;
+videopoet/lm/fast_decode.py decides when it applies): both threads stream their share of every
+matrix at once, and a step is one call instead of ~60 (benchmarks/RESULTS.md, "All blocks in one
+call").
+
 The source is compiled the first time it is needed with `torch.utils.cpp_extension` (a C++
 compiler and ninja; torch.compile on the CPU needs the same compiler) into torch's extension
 cache (`TORCH_EXTENSIONS_DIR`, default ~/.cache/torch_extensions), ~20-40 s once per machine and

@@ -8,6 +8,9 @@
 // output column n is the dot product of w's row n with every row of x, accumulated in vector
 // registers over K and reduced once at the end. x (M x K floats, ~1.5-6 KB per row) stays in L1.
 //
+// The same tiles serve decode_attention (one decoding step's attention over a KV cache) and
+// decode_layers (every transformer block of a decoding step in one call; see its comment).
+//
 // Two instruction sets, chosen at run time: AVX-512 (16 floats per register, row tiles of up to
 // 16) and AVX2 + FMA (8 floats, tiles of up to 8). Other CPUs (or compilers other than GCC) get
 // vector_width() == 0 and the Python side uses PyTorch's linear instead.
@@ -401,8 +404,8 @@ struct BlockWeights {
 // w13 (2 h, d), w2 (d, h), then the final norm (d); caches: per block k, v (R, Hkv, L, D), written
 // at pos; valid (R, n): key validity; cos, sin (>= n, 1, D): the rotary tables. Returns the
 // final-normed hidden states (R, d), or with `head` (V, d) the logits (R, V) (the head's columns
-// split between the threads like the blocks' matrices). Each block is x += attn(norm(x)); x += mlp(norm(x)) exactly
-// as PrefixLM (up to float summation order).
+// split between the threads like the blocks' matrices). Each block is x += attn(norm(x)) then
+// x += mlp(norm(x)), exactly as PrefixLM (up to float summation order).
 at::Tensor decode_layers(const at::Tensor& x_in, at::TensorList weights, at::TensorList caches,
                          const at::Tensor& valid, const at::Tensor& cos, const at::Tensor& sin,
                          double eps, int64_t n_heads, const std::optional<at::Tensor>& head) {
