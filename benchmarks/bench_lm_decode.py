@@ -34,6 +34,7 @@ import time
 
 import torch
 
+from videopoet.lm import kernels
 from videopoet.lm.generate import Prompt, generate
 from videopoet.lm.pretrained import build_lm
 
@@ -174,7 +175,10 @@ def main() -> None:
     print(
         f"preset {args.preset}: ours {n_ours / 1e6:.2f}M params, LlamaForCausalLM {n_ref / 1e6:.2f}M params"
     )
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, load {os.getloadavg()[0]:.2f}")
+    print(
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
+        f"C++ kernels vector width {kernels.vector_width()}, load {os.getloadavg()[0]:.2f}"
+    )
     print(
         f"prompt {args.prompt} tokens, {args.new} new tokens per row, {args.reps} interleaved repetitions\n"
     )

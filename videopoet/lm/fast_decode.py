@@ -21,7 +21,7 @@ module exploits:
   uniforms the caller takes from its `torch.Generator` (videopoet/lm/sampling.py): the same
   tokens as eager decoding with the same seed, and no eager sampling kernels between steps.
 
-When the C++ kernels are built with AVX-512 and the blocks are plain (videopoet/lm/kernels,
+When the C++ kernels are built (AVX2 or AVX-512) and the blocks are plain (videopoet/lm/kernels,
 `fused_blocks_usable`), every block of the step, the final norm and a dense head run in one
 call, `decode_layers`: one OpenMP parallel region for the whole step instead of ~60 separate
 calls per token (each its own fork and join, output allocation and argument checks). The graph
@@ -70,8 +70,8 @@ def rotary_halves(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torc
 
 def fused_blocks_usable(model: PrefixLM, rows: int) -> bool:
     """Whether `decode_layers` (every block of a step in one C++ call) can run this model at
-    `rows` rows: the kernels with AVX-512, fp32 CPU weights, a head size the attention kernel
-    takes, at most `kernels.MAX_ROWS` rows, no gradient, and plain blocks (RMSNorm and bias-free
+    `rows` rows: the kernels built (AVX2 or AVX-512), fp32 CPU weights, a head size the attention
+    kernels take, at most `kernels.MAX_ROWS` rows, no gradient, and plain blocks (RMSNorm and bias-free
     Linear modules without hooks: an adapter or an FSDP wrapper needs its modules to run, so the
     step then goes op by op). The caches are the model's dtype (generate makes them so; the op
     refuses others)."""
@@ -80,10 +80,8 @@ def fused_blocks_usable(model: PrefixLM, rows: int) -> bool:
     if not (
         w.device.type == "cpu"
         and w.dtype == torch.float32
-        and D % 16 == 0
-        and D <= 256
         and rows <= kernels.MAX_ROWS
-        and kernels.vector_width() == 16
+        and kernels.attention_head_ok(D)
         and not (torch.is_grad_enabled() and any(p.requires_grad for p in model.parameters()))
     ):
         return False

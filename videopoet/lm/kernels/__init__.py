@@ -6,13 +6,13 @@ project's benchmark CPU it is 1.8-1.9x MKL at eight rows and at parity at one, w
 matrix-vector product stays in use (benchmarks/bench_small_gemm.py, benchmarks/RESULTS.md).
 
 `decode_attention(q, k, v, valid)` is one decoding step's attention over the filled slots of a
-KV cache (AVX-512 only), reading each cached key and value once: inductor's fused version of the
-same reductions took ~2x the time of that read at 8 rows.
+KV cache, reading each cached key and value once: inductor's fused version of the same reductions
+took ~2x the time of that read at 8 rows.
 
 `decode_layers(x, weights, caches, valid, cos, sin, eps, n_heads, head=None)` runs every block
 of a decoding step (RMSNorm, QKV, rotary, cache write, attention, output projection, SwiGLU,
-residuals), the final norm and optionally the head, in one OpenMP parallel region (AVX-512 only;
-videopoet/lm/fast_decode.py decides when it applies): both threads stream their share of every
+residuals), the final norm and optionally the head, in one OpenMP parallel region
+(videopoet/lm/fast_decode.py decides when it applies): both threads stream their share of every
 matrix at once, and a step is one call instead of ~60 (benchmarks/RESULTS.md, "All blocks in one
 call").
 
@@ -21,6 +21,10 @@ compiler and ninja; torch.compile on the CPU needs the same compiler) into torch
 cache (`TORCH_EXTENSIONS_DIR`, default ~/.cache/torch_extensions), ~20-40 s once per machine and
 source version. If the build fails, or `VIDEOPOET_KERNELS=0`, `available()` is False and callers
 use PyTorch's own ops: results are the same up to float rounding, only slower.
+
+Each kernel has an AVX-512 and an AVX2 + FMA version, chosen at run time (other CPUs get
+PyTorch's ops). `VIDEOPOET_KERNELS_WIDTH=8` selects the AVX2 versions on an AVX-512 CPU, which is
+how the tests check them there.
 """
 
 from __future__ import annotations
@@ -139,15 +143,18 @@ def linear(x: torch.Tensor, w: torch.Tensor | torch.nn.Linear) -> torch.Tensor:
     return w(x) if isinstance(w, torch.nn.Module) else F.linear(x, weight)
 
 
+def attention_head_ok(D: int) -> bool:
+    """Whether the attention kernels take head size D on this CPU: a multiple of 16 with AVX-512,
+    of 8 with AVX2 (AVX-512 CPUs use the AVX2 kernel for the other multiples of 8), at most 256."""
+    width = vector_width()
+    return D <= 256 and ((width == 16 and D % 16 == 0) or (width >= 8 and D % 8 == 0))
+
+
 def attention_usable(q: torch.Tensor, k: torch.Tensor) -> bool:
-    """Whether `decode_attention` applies: fp32 CPU, head size a multiple of 16 (<= 256), AVX-512."""
-    D = q.shape[-1]
+    """Whether `decode_attention` applies: fp32 CPU tensors and a head size the kernels take."""
     return (
         q.device.type == "cpu"
         and q.dtype == torch.float32
         and k.dtype == torch.float32
-        and D % 16 == 0
-        and D <= 256
-        and available()
-        and int(_state.get("width", 0)) == 16
+        and attention_head_ok(q.shape[-1])
     )

@@ -20,6 +20,7 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <optional>
 #include <utility>
@@ -191,7 +192,7 @@ void attend(const float* q, const float* k, const float* v, const bool* valid, i
 }  // namespace avx512
 #pragma GCC pop_options
 
-// AVX2: one column at a time with a horizontal sum per column (K need not be a multiple of 8).
+// AVX2 + FMA: 8 floats per register, the same tiling idea with fewer registers (16), any K.
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 namespace avx2 {
@@ -202,45 +203,170 @@ inline float hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-template <int M>
+// Columns [n0, n1) of rows [0, M) of y, C columns at a time: each vector of C weight rows is
+// loaded once and multiplied with every row of x (M x C accumulators), with the same software
+// prefetch as the AVX-512 kernel; one horizontal sum per column at the end. Any K (a scalar tail).
+template <int M, int C>
 void block(const float* x, const float* w, float* y, int64_t K, int64_t N, int64_t n0,
            int64_t n1) {
   const int64_t Kv = K - K % 8;
-  for (int64_t n = n0; n < n1; ++n) {
+  int64_t n = n0;
+  for (; n + C <= n1; n += C) {
     const float* wn = w + n * K;
-    __m256 acc[M];
-    for (int m = 0; m < M; ++m) acc[m] = _mm256_setzero_ps();
+    __m256 acc[M][C];
+    for (int m = 0; m < M; ++m)
+      for (int c = 0; c < C; ++c) acc[m][c] = _mm256_setzero_ps();
     for (int64_t k = 0; k < Kv; k += 8) {
-      const __m256 wv = _mm256_loadu_ps(wn + k);
-      for (int m = 0; m < M; ++m) acc[m] = _mm256_fmadd_ps(_mm256_loadu_ps(x + m * K + k), wv, acc[m]);
+      __m256 wv[C];
+      for (int c = 0; c < C; ++c) {
+        wv[c] = _mm256_loadu_ps(wn + c * K + k);
+        _mm_prefetch(reinterpret_cast<const char*>(wn + (avx512::PREFETCH + c) * K + k), _MM_HINT_T0);
+      }
+      for (int m = 0; m < M; ++m) {
+        const __m256 xv = _mm256_loadu_ps(x + m * K + k);
+        for (int c = 0; c < C; ++c) acc[m][c] = _mm256_fmadd_ps(xv, wv[c], acc[m][c]);
+      }
     }
-    for (int m = 0; m < M; ++m) {
-      float s = hsum(acc[m]);
-      for (int64_t k = Kv; k < K; ++k) s += x[m * K + k] * wn[k];
-      y[m * N + n] = s;
-    }
+    for (int m = 0; m < M; ++m)
+      for (int c = 0; c < C; ++c) {
+        float s = hsum(acc[m][c]);
+        for (int64_t k = Kv; k < K; ++k) s += x[m * K + k] * wn[c * K + k];
+        y[m * N + n + c] = s;
+      }
+  }
+  if constexpr (C > 1) {
+    if (n < n1) block<M, 1>(x, w, y, K, N, n, n1);  // the last (n1 - n0) % C columns
   }
 }
 
 void rows(const float* x, const float* w, float* y, int64_t M, int64_t K, int64_t N, int64_t n0,
           int64_t n1) {
   int64_t m = 0;
-  for (; m + 8 <= M; m += 8) block<8>(x + m * K, w, y + m * N, K, N, n0, n1);
-  for (; m + 4 <= M; m += 4) block<4>(x + m * K, w, y + m * N, K, N, n0, n1);
-  for (; m + 2 <= M; m += 2) block<2>(x + m * K, w, y + m * N, K, N, n0, n1);
-  for (; m < M; ++m) block<1>(x + m * K, w, y + m * N, K, N, n0, n1);
+  for (; m + 8 <= M; m += 8) block<8, 1>(x + m * K, w, y + m * N, K, N, n0, n1);
+  for (; m + 4 <= M; m += 4) block<4, 2>(x + m * K, w, y + m * N, K, N, n0, n1);
+  for (; m + 2 <= M; m += 2) block<2, 4>(x + m * K, w, y + m * N, K, N, n0, n1);
+  for (; m < M; ++m) block<1, 4>(x + m * K, w, y + m * N, K, N, n0, n1);
+}
+// exp(x) for x <= 0, as avx512::exp_neg: 2^k e^r, Taylor to r^7; 2^k built in the exponent bits.
+inline __m256 exp_neg(__m256 x) {
+  const __m256 log2e = _mm256_set1_ps(1.44269504f), ln2 = _mm256_set1_ps(0.693147181f);
+  x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
+  const __m256 k = _mm256_round_ps(_mm256_mul_ps(x, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m256 r = _mm256_fnmadd_ps(k, ln2, x);
+  __m256 p = _mm256_set1_ps(1.0f / 5040);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 720));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+// avx512::attend with 8-float vectors and one horizontal sum per key; D % 8 == 0, D <= 256.
+void attend(const float* q, const float* k, const float* v, const bool* valid, int64_t n, int64_t D,
+            float scale, float* scores, float* y) {
+  const int64_t Dv = D / 8;
+  __m256 qv[32];
+  for (int64_t d = 0; d < Dv; ++d) qv[d] = _mm256_mul_ps(_mm256_loadu_ps(q + 8 * d), _mm256_set1_ps(scale));
+  float m = -INFINITY;
+  for (int64_t j = 0; j < n; ++j) {
+    if (!valid[j]) {
+      scores[j] = -INFINITY;
+      continue;
+    }
+    const float* kj = k + j * D;
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t d = 0; d < Dv; ++d) acc = _mm256_fmadd_ps(qv[d], _mm256_loadu_ps(kj + 8 * d), acc);
+    scores[j] = hsum(acc);
+    m = std::max(m, scores[j]);
+  }
+  const __m256 mv = _mm256_set1_ps(m), neg_inf = _mm256_set1_ps(-INFINITY);
+  __m256 vsum = _mm256_setzero_ps();
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) {  // probabilities (unnormalised); masked keys are -inf -> 0
+    const __m256 sc = _mm256_loadu_ps(scores + j);
+    const __m256 p = _mm256_and_ps(exp_neg(_mm256_sub_ps(sc, mv)), _mm256_cmp_ps(sc, neg_inf, _CMP_NEQ_OQ));
+    vsum = _mm256_add_ps(vsum, p);
+    _mm256_storeu_ps(scores + j, p);
+  }
+  float sum = hsum(vsum);
+  for (; j < n; ++j) {
+    scores[j] = valid[j] ? std::exp(scores[j] - m) : 0.0f;
+    sum += scores[j];
+  }
+  __m256 acc[32];
+  for (int64_t d = 0; d < Dv; ++d) acc[d] = _mm256_setzero_ps();
+  for (j = 0; j < n; ++j) {
+    const __m256 p = _mm256_set1_ps(scores[j]);
+    const float* vj = v + j * D;
+    for (int64_t d = 0; d < Dv; ++d) acc[d] = _mm256_fmadd_ps(p, _mm256_loadu_ps(vj + 8 * d), acc[d]);
+  }
+  const __m256 inv = _mm256_set1_ps(1.0f / sum);
+  for (int64_t d = 0; d < Dv; ++d) _mm256_storeu_ps(y + 8 * d, _mm256_mul_ps(acc[d], inv));
+}
+
+// as avx512::rms_norm
+void rms_norm(const float* x, const float* weight, float* out, int64_t R, int64_t d, float eps) {
+  for (int64_t r = 0; r < R; ++r) {
+    const float* xr = x + r * d;
+    __m256 acc = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= d; i += 8) {
+      const __m256 v = _mm256_loadu_ps(xr + i);
+      acc = _mm256_fmadd_ps(v, v, acc);
+    }
+    float ss = hsum(acc);
+    for (; i < d; ++i) ss += xr[i] * xr[i];
+    const float inv = 1.0f / std::sqrt(ss / static_cast<float>(d) + eps);
+    for (i = 0; i < d; ++i) out[r * d + i] = xr[i] * inv * weight[i];
+  }
+}
+
+// as avx512::silu_mul
+void silu_mul(const float* gate, const float* up, float* u, int64_t count) {
+  const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  int64_t i = 0;
+  for (; i + 8 <= count; i += 8) {
+    const __m256 a = _mm256_loadu_ps(gate + i);
+    const __m256 e = exp_neg(_mm256_or_ps(a, sign));  // exp(-|a|)
+    const __m256 inv = _mm256_div_ps(one, _mm256_add_ps(one, e));
+    const __m256 sig = _mm256_blendv_ps(inv, _mm256_mul_ps(inv, e), _mm256_cmp_ps(a, zero, _CMP_LT_OQ));
+    _mm256_storeu_ps(u + i, _mm256_mul_ps(_mm256_mul_ps(a, sig), _mm256_loadu_ps(up + i)));
+  }
+  for (; i < count; ++i) u[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
 }
 }  // namespace avx2
 #pragma GCC pop_options
 #endif  // VP_X86
 
-// Floats per vector register of the kernel this CPU runs; 0: none (use PyTorch's linear).
+// Floats per vector register of the kernels this CPU runs; 0: none (use PyTorch's ops).
+// VIDEOPOET_KERNELS_WIDTH=8 picks the AVX2 kernels on an AVX-512 CPU (tests run them that way).
 int64_t vector_width() {
 #ifdef VP_X86
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  const char* force = std::getenv("VIDEOPOET_KERNELS_WIDTH");
+  if (force != nullptr && std::strcmp(force, "8") == 0 && avx2) return 8;
   if (__builtin_cpu_supports("avx512f")) return 16;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return 8;
+  if (avx2) return 8;
 #endif
   return 0;
+}
+
+using Attend = void (*)(const float*, const float*, const float*, const bool*, int64_t, int64_t, float,
+                        float*, float*);
+
+// The attention kernel for head size D: AVX-512 for D % 16 == 0, AVX2 for D % 8 == 0, D <= 256.
+Attend pick_attend(int64_t width, int64_t D) {
+#ifdef VP_X86
+  if (D > 256) return nullptr;
+  if (width == 16 && D % 16 == 0) return avx512::attend;
+  if (width >= 8 && D % 8 == 0) return avx2::attend;
+#endif
+  return nullptr;
 }
 
 Kernel pick(int64_t width, int64_t K) {
@@ -287,14 +413,16 @@ at::Tensor small_linear(const at::Tensor& x, const at::Tensor& w) {
 // value once per query head; the softmax never leaves a per-head scratch of n floats.
 at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                             const at::Tensor& valid) {
-  TORCH_CHECK(vector_width() == 16, "decode_attention: needs AVX-512");
   TORCH_CHECK(q.dim() == 3 && k.dim() == 4 && v.sizes() == k.sizes() && valid.dim() == 2,
               "decode_attention: q (R, H, D), k and v (R, Hkv, L, D), valid (R, n) expected");
   const int64_t R = q.size(0), H = q.size(1), D = q.size(2), Hkv = k.size(1), L = k.size(2);
   const int64_t n = valid.size(1);
   TORCH_CHECK(k.size(0) == R && k.size(3) == D && valid.size(0) == R && n <= L && n >= 1 &&
-                  H % Hkv == 0 && D % 16 == 0 && D <= 256,
+                  H % Hkv == 0,
               "decode_attention: shapes q ", q.sizes(), " k ", k.sizes(), " valid ", valid.sizes());
+  const Attend attend = pick_attend(vector_width(), D);
+  TORCH_CHECK(attend != nullptr, "decode_attention: no kernel for head size ", D,
+              " on this CPU (AVX-512: a multiple of 16, AVX2: of 8, at most 256)");
   TORCH_CHECK(q.scalar_type() == at::kFloat && k.scalar_type() == at::kFloat &&
                   v.scalar_type() == at::kFloat && valid.scalar_type() == at::kBool,
               "decode_attention: float32 q, k, v and bool valid");
@@ -315,10 +443,7 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::
     for (int64_t i = a; i < b; ++i) {
       const int64_t r = i / H, h = i % H, g = h / rep;
       const int64_t base = (r * Hkv + g) * L * D;
-#ifdef VP_X86
-      avx512::attend(qp + i * D, kp + base, vp + base, mp + r * ms, n, D, scale, scores.data(),
-                     yp + i * D);
-#endif
+      attend(qp + i * D, kp + base, vp + base, mp + r * ms, n, D, scale, scores.data(), yp + i * D);
     }
   });
   return y;
@@ -372,6 +497,8 @@ inline void silu_mul(const float* gate, const float* up, float* u, int64_t count
   }
   for (; i < count; ++i) u[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
 }
+}  // namespace avx512
+#pragma GCC pop_options
 
 // Rotary embedding, rotate-half convention with sign-folded sin (videopoet/lm/model.py):
 // out[i] = x[i] cos[i] + x[(i + D/2) mod D] sin[i].
@@ -385,8 +512,6 @@ inline void add_columns(float* x, const float* o, int64_t R, int64_t d, int64_t 
   for (int64_t r = 0; r < R; ++r)
     for (int64_t c = c0; c < c1; ++c) x[r * d + c] += o[r * d + c];
 }
-}  // namespace avx512
-#pragma GCC pop_options
 
 // [lo, hi) of `count` items for thread t of nt (contiguous, sizes differing by at most one)
 inline std::pair<int64_t, int64_t> share(int64_t count, int t, int nt) {
@@ -409,7 +534,8 @@ struct BlockWeights {
 at::Tensor decode_layers(const at::Tensor& x_in, at::TensorList weights, at::TensorList caches,
                          const at::Tensor& valid, const at::Tensor& cos, const at::Tensor& sin,
                          double eps, int64_t n_heads, const std::optional<at::Tensor>& head) {
-  TORCH_CHECK(vector_width() == 16, "decode_layers: needs AVX-512");
+  const int64_t width = vector_width();
+  TORCH_CHECK(width >= 8, "decode_layers: needs AVX2 + FMA or AVX-512");
   const int64_t nl = static_cast<int64_t>(caches.size()) / 2;
   TORCH_CHECK(nl >= 1 && static_cast<int64_t>(caches.size()) == 2 * nl &&
                   static_cast<int64_t>(weights.size()) == 6 * nl + 1,
@@ -423,8 +549,10 @@ at::Tensor decode_layers(const at::Tensor& x_in, at::TensorList weights, at::Ten
   TORCH_CHECK(k0.dim() == 4 && k0.size(0) == R, "decode_layers: caches (R, Hkv, L, D) expected, got ",
               k0.sizes());
   const int64_t Hkv = k0.size(1), L = k0.size(2), D = k0.size(3), H = n_heads;
-  TORCH_CHECK(H >= 1 && H % Hkv == 0 && D % 16 == 0 && D <= 256 && n >= 1 && n <= L,
+  TORCH_CHECK(H >= 1 && H % Hkv == 0 && n >= 1 && n <= L,
               "decode_layers: ", H, " heads, caches ", k0.sizes(), ", ", n, " valid slots");
+  const Attend attend = pick_attend(width, D);
+  TORCH_CHECK(attend != nullptr, "decode_layers: no attention kernel for head size ", D);
   const int64_t Nqkv = (H + 2 * Hkv) * D, HD = H * D;
   const int64_t hid = weights[4].size(0) / 2;
   auto check = [](const at::Tensor& t, at::IntArrayRef shape, const char* what) {
@@ -485,7 +613,10 @@ at::Tensor decode_layers(const at::Tensor& x_in, at::TensorList weights, at::Ten
   float* xp = x.data_ptr<float>();
   const float feps = static_cast<float>(eps), scale = 1.0f / std::sqrt(static_cast<float>(D));
   const int64_t rep = H / Hkv;
-  const Kernel mm_d = pick(16, d), mm_hd = pick(16, HD), mm_hid = pick(16, hid);
+  const Kernel mm_d = pick(width, d), mm_hd = pick(width, HD), mm_hid = pick(width, hid);
+  const bool wide = width == 16;
+  const auto rms_norm = wide ? avx512::rms_norm : avx2::rms_norm;
+  const auto silu_mul = wide ? avx512::silu_mul : avx2::silu_mul;
   const int64_t g_qkv = (Nqkv + 15) / 16, g_d = (d + 15) / 16, g_hid = (hid + 15) / 16;
 
 #pragma omp parallel num_threads(nt)
@@ -507,7 +638,7 @@ at::Tensor decode_layers(const at::Tensor& x_in, at::TensorList weights, at::Ten
     const int64_t ha = h0 * 16, hb = std::min(h1 * 16, hid);
     for (int64_t l = 0; l < nl; ++l) {
       const BlockWeights& b = blocks[l];
-      avx512::rms_norm(xp, b.attn_norm, xn, R, d, feps);
+      rms_norm(xp, b.attn_norm, xn, R, d, feps);
       mm_d(xn, b.wqkv, qkv, R, d, Nqkv, qa, qb);
 #pragma omp barrier
       for (int64_t p = p0; p < p1; ++p) {  // one (row, kv head) pair: its cache slot, its queries
@@ -515,35 +646,35 @@ at::Tensor decode_layers(const at::Tensor& x_in, at::TensorList weights, at::Ten
         const float* row = qkv + r * Nqkv;
         float* kc = b.k + (r * Hkv + kh) * L * D;
         float* vc = b.v + (r * Hkv + kh) * L * D;
-        avx512::rotate(row + (H + kh) * D, cp, sp, kc + pos * D, D);
+        rotate(row + (H + kh) * D, cp, sp, kc + pos * D, D);
         std::memcpy(vc + pos * D, row + (H + Hkv + kh) * D, D * sizeof(float));
         for (int64_t h = kh * rep; h < (kh + 1) * rep; ++h) {
-          avx512::rotate(row + h * D, cp, sp, qrot, D);
-          avx512::attend(qrot, kc, vc, mp + r * ms, n, D, scale, scores, y + r * HD + h * D);
+          rotate(row + h * D, cp, sp, qrot, D);
+          attend(qrot, kc, vc, mp + r * ms, n, D, scale, scores, y + r * HD + h * D);
         }
       }
 #pragma omp barrier
       mm_hd(y, b.wo, o, R, HD, d, da, db);
-      avx512::add_columns(xp, o, R, d, da, db);
+      add_columns(xp, o, R, d, da, db);
 #pragma omp barrier
-      avx512::rms_norm(xp, b.mlp_norm, xn, R, d, feps);
+      rms_norm(xp, b.mlp_norm, xn, R, d, feps);
       mm_d(xn, b.w13, g, R, d, 2 * hid, ha, hb);  // gate columns [ha, hb)
       mm_d(xn, b.w13, g, R, d, 2 * hid, hid + ha, hid + hb);  // and the matching up columns
       for (int64_t r = 0; r < R; ++r)
-        avx512::silu_mul(g + r * 2 * hid + ha, g + r * 2 * hid + hid + ha, u + r * hid + ha, hb - ha);
+        silu_mul(g + r * 2 * hid + ha, g + r * 2 * hid + hid + ha, u + r * hid + ha, hb - ha);
 #pragma omp barrier
       mm_hid(u, b.w2, o, R, hid, d, da, db);
-      avx512::add_columns(xp, o, R, d, da, db);
+      add_columns(xp, o, R, d, da, db);
 #pragma omp barrier
     }
     if (with_head) {  // every thread norms all rows (no barrier), then its share of the head
-      avx512::rms_norm(xp, final_norm, xn, R, d, feps);
+      rms_norm(xp, final_norm, xn, R, d, feps);
       const auto [v0, v1] = share((V + 15) / 16, t, T);
       mm_d(xn, hp, lp, R, d, V, v0 * 16, std::min(v1 * 16, V));
     } else {
       const auto [r0, r1] = share(R, t, T);
       for (int64_t r = r0; r < r1; ++r) {  // the final norm, in place, a row per thread
-        avx512::rms_norm(xp + r * d, final_norm, xn, 1, d, feps);
+        rms_norm(xp + r * d, final_norm, xn, 1, d, feps);
         std::memcpy(xp + r * d, xn, d * sizeof(float));
       }
     }
