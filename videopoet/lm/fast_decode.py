@@ -114,6 +114,7 @@ def decode_step(
     kv: list[tuple[torch.Tensor, torch.Tensor]],
     valid: torch.Tensor,
     logits: bool = False,
+    fused: bool | None = None,
 ) -> torch.Tensor:
     """One token per row at position `pos` -> final hidden state (R, d), or with logits=True the
     logits over the whole vocabulary (R, V); writes k/v at `pos`.
@@ -121,10 +122,12 @@ def decode_step(
     tok (R, 1) long; pos () long; kv: per layer (R, Hkv, L, D) keys and values (updated in place,
     written by index_put_ so that inductor keeps the update in place); valid (R, n) bool, the
     validity of the n = pos + 1 slots the query sees (n is a dynamic dimension when compiled).
+    fused: whether to run `decode_layers` (None: `fused_blocks_usable`, which takes ~0.1-0.2 ms of
+    Python, so `DecodeStep` decides once per call of `generate`).
     """
     R, n = valid.shape
     x = model.embed(tok)  # (R, 1, d)
-    if fused_blocks_usable(model, R):  # all the blocks (and the head) in one C++ call
+    if fused_blocks_usable(model, R) if fused is None else fused:  # the blocks (and head): one C++ call
         head = _fused_head(model) if logits else None
         weights = [
             m.weight
@@ -191,6 +194,7 @@ def sample_step(
     temperature: torch.Tensor,
     scale: torch.Tensor,
     how: Sampling,
+    fused: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`decode_step`, then the logits, guidance and sampling of the next position, in one graph.
 
@@ -204,7 +208,7 @@ def sample_step(
     [lo, hi): one graph serves every range (visual, audio levels, forced markers), at the cost of
     the head rows outside the range.
     """
-    logits = decode_step(model, tok[:, None], pos, kv, valid, logits=True)
+    logits = decode_step(model, tok[:, None], pos, kv, valid, logits=True, fused=fused)
     if how.guided:
         logits = guided_logits(logits[: how.batch], logits[how.batch :], scale)
     ids = torch.arange(logits.shape[-1], device=logits.device)
@@ -235,7 +239,8 @@ class DecodeStep:
     def __init__(self, model: PrefixLM, cache: KVCache, compile: bool):
         self.model, self.cache = model, cache
         self.compile = compile and not DecodeStep._failed
-        kernels.available()  # build/load the small-M kernels now, not inside a compiled trace
+        kernels.available()  # build/load the kernels now, not inside a compiled trace
+        self.fused = fused_blocks_usable(model, cache.key_valid.shape[0])  # once, not every step
         self.pos = torch.tensor(cache.pos, dtype=torch.long, device=cache.key_valid.device)
         self.compile_seconds = 0.0
         self._first = True
@@ -247,7 +252,7 @@ class DecodeStep:
         valid = c.key_valid[:, : c.pos + 1]
 
         def call(fn):
-            return fn(self.model, tok, self.pos, c.layers, valid, *rest)
+            return fn(self.model, tok, self.pos, c.layers, valid, *rest, fused=self.fused)
 
         eager = decode_step if name == "decode" else sample_step
         if not self.compile:

@@ -247,6 +247,7 @@ void rows(const float* x, const float* w, float* y, int64_t M, int64_t K, int64_
   for (; m + 2 <= M; m += 2) block<2, 4>(x + m * K, w, y + m * N, K, N, n0, n1);
   for (; m < M; ++m) block<1, 4>(x + m * K, w, y + m * N, K, N, n0, n1);
 }
+
 // exp(x) for x <= 0, as avx512::exp_neg: 2^k e^r, Taylor to r^7; 2^k built in the exponent bits.
 inline __m256 exp_neg(__m256 x) {
   const __m256 log2e = _mm256_set1_ps(1.44269504f), ln2 = _mm256_set1_ps(0.693147181f);
