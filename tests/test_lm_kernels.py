@@ -284,6 +284,9 @@ def test_decode_layers_used_only_for_plain_blocks_without_gradients():
         assert fused_blocks_usable(model, 2)
         assert not fused_blocks_usable(_lm(n_heads=16)[0], 2)  # head size 4: no attention kernel
         assert not fused_blocks_usable(model.double(), 2)
+        unscaled = _lm()[0]
+        unscaled.norm = torch.nn.RMSNorm(64, eps=unscaled.cfg.norm_eps, elementwise_affine=False)
+        assert not fused_blocks_usable(unscaled, 2)  # the op takes a weight for every norm
     assert not fused_blocks_usable(model.float(), 2)  # gradients wanted: the modules run
 
 

@@ -78,7 +78,8 @@ def fused_blocks_usable(model: PrefixLM, rows: int) -> bool:
     w = model.norm.weight
     D = model.cfg.head_dim
     if not (
-        w.device.type == "cpu"
+        w is not None
+        and w.device.type == "cpu"
         and w.dtype == torch.float32
         and rows <= kernels.MAX_ROWS
         and kernels.attention_head_ok(D)
