@@ -144,10 +144,9 @@ def linear(x: torch.Tensor, w: torch.Tensor | torch.nn.Linear) -> torch.Tensor:
 
 
 def attention_head_ok(D: int) -> bool:
-    """Whether the attention kernels take head size D on this CPU: a multiple of 16 with AVX-512,
-    of 8 with AVX2 (AVX-512 CPUs use the AVX2 kernel for the other multiples of 8), at most 256."""
-    width = vector_width()
-    return D <= 256 and ((width == 16 and D % 16 == 0) or (width >= 8 and D % 8 == 0))
+    """Whether the attention kernels take head size D on this CPU: a multiple of 8, at most 256
+    (the AVX-512 kernel takes the multiples of 16, the AVX2 one the rest and AVX2-only CPUs)."""
+    return vector_width() >= 8 and D % 8 == 0 and D <= 256
 
 
 def attention_usable(q: torch.Tensor, k: torch.Tensor) -> bool:
