@@ -81,6 +81,43 @@ def test_static_step_equals_forward_with_padding(factorized, d_model):
     assert b.pos == a.pos == P + 5
 
 
+@pytest.mark.parametrize("d_model", [24, 64])
+def test_several_positions_per_call_equal_one_at_a_time(d_model):
+    """`DecodeStep.sample` over K positions (the token of each fed to the next) gives the tokens,
+    logits and cache of K calls of one position each."""
+    m = model(d_model=d_model)
+    p = prompts(2)
+    R, P = p.ids.shape
+    V = VOCAB.size
+    legal = torch.tensor([[0, V], list(VOCAB.visual_range()), [5, 6]])  # full, visual, forced
+    u = torch.rand(3, R, generator=torch.Generator().manual_seed(0))
+    how = FD.Sampling(batch=R, guided=False, greedy=False, top_k=7)
+    t1, s1 = torch.tensor(1.0), torch.tensor(1.0)
+    outs = []
+    for split in (False, True):
+        with torch.no_grad():
+            c = KVCache(m.cfg, R, P + 8)
+            m(p.ids, cache=c, prefix_len=P, key_valid=p.key_valid)
+            step, feed = FD.DecodeStep(m, c, compile=False), torch.full((R,), 300)
+            if split:
+                toks, logits = [], []
+                for j in range(3):
+                    tk, feed, lg = step.sample(feed, legal[j : j + 1], u[j : j + 1], t1, s1, how)
+                    toks.append(tk)
+                    logits.append(lg)
+                outs.append((torch.cat(toks), torch.cat(logits), c))
+            else:
+                tk, _, lg = step.sample(feed, legal, u, t1, s1, how)
+                outs.append((tk, lg, c))
+    (a, la, ca), (b, lb, cb) = outs
+    assert a.shape == (3, R) and torch.equal(a, b)
+    assert bool((a[2] == 5).all())  # the forced position
+    torch.testing.assert_close(la, lb, rtol=1e-5, atol=1e-5)
+    assert ca.pos == cb.pos == P + 3
+    for (k1, v1), (k2, v2) in zip(ca.layers, cb.layers, strict=True):
+        torch.testing.assert_close(k1[:, :, : P + 3], k2[:, :, : P + 3], rtol=1e-5, atol=1e-6)
+
+
 def test_static_step_falls_back_to_eager_when_compile_fails(monkeypatch):
     def broken(name):
         def fn(*a, **k):
@@ -164,5 +201,9 @@ def test_compiled_decoding_gives_the_eager_tokens_and_logits(monkeypatch):
             g = dict(compile=True, top_k=5)
             generate(m, prompts(8), uncond=prompts(8, text=False), guidance_scale=2.0, seed=2, temperature=0.7, **g)
             generate(m, prompts(8), uncond=prompts(8), guidance_scale=1.2, seed=3, **g)
+            if fused:  # the graph of several positions per call: other lengths and settings too
+                g = dict(compile=True, top_p=0.9)
+                generate(m16, prompts(8), uncond=prompts(8, text=False), guidance_scale=2.0, seed=4, temperature=0.5, **g)
+                generate(m16, prompts(8, task="avcont"), uncond=prompts(8, task="avcont"), guidance_scale=1.5, seed=5, **g)
     finally:
         torch._dynamo.config.error_on_recompile = False

@@ -32,7 +32,13 @@ import torch
 from tqdm.auto import tqdm
 
 from videopoet.errors import InputError
-from videopoet.lm.fast_decode import DecodeStep, Sampling, cache_len, fused_blocks_usable
+from videopoet.lm.fast_decode import (
+    FUSED_STEPS_PER_CALL,
+    DecodeStep,
+    Sampling,
+    cache_len,
+    fused_blocks_usable,
+)
 from videopoet.lm.model import KVCache, PrefixLM
 from videopoet.lm.sampling import guided_logits, pick
 from videopoet.lm.sequence import Sequence, build_sequence, output_codes, stack_text_embeds
@@ -192,8 +198,8 @@ def generate(
 
     # one uniform per row and position, sampled or forced, drawn up front: the same stream on
     # every path (eager, compiled, with or without a cache)
-    us = [None] * T_out if greedy else torch.rand(T_out, B, generator=gen, device=device).unbind(0)
-    legal_rows = legal_t.unbind(0)
+    u_all = None if greedy else torch.rand(T_out, B, generator=gen, device=device)
+    us = [None] * T_out if greedy else u_all.unbind(0)
 
     def eager_token(h, t, u):  # the token of position t from hidden states h (R, d), eagerly
         lo, hi = legal[t]
@@ -208,16 +214,22 @@ def generate(
 
     kw = dict(prefix_len=P, key_valid=valid, text_embeds=emb, text_positions=pos)
     step = eager_step = None
+    K = 1  # positions per compiled call
     if use_cache:
-        L = cache_len(P + T_out, model.cfg.max_seq_len)
+        fused = fused_blocks_usable(model, R)
+        # with the fused blocks a compiled call decodes K positions; the last call's extra
+        # positions (discarded) need room in the cache
+        K_compiled = FUSED_STEPS_PER_CALL if fused and P + T_out + FUSED_STEPS_PER_CALL - 1 <= model.cfg.max_seq_len else 1
+        L = cache_len(P + T_out + K_compiled - 1, model.cfg.max_seq_len)
         key = (id(model), R, L, how)
         if compile is None:
-            compile = key in _compiled_keys or (T_out >= AUTO_COMPILE_STEPS and not fused_blocks_usable(model, R))
+            compile = key in _compiled_keys or (T_out >= AUTO_COMPILE_STEPS and not fused)
         cache = KVCache(model.cfg, R, L if compile else P + T_out, device=device, dtype=dtype)
         h = model(ids, cache=cache, **kw)[:, -1]
         if compile and T_out > 1:
             step = DecodeStep(model, cache, compile=True)
-        elif T_out > 1 and fused_blocks_usable(model, R):
+            K = K_compiled
+        elif T_out > 1 and fused:
             eager_step = DecodeStep(model, cache, compile=False)  # all blocks in one C++ call
     else:
         seq, seq_valid = ids, valid
@@ -227,26 +239,40 @@ def generate(
     toks = [tok]
     bar.update()
     feed = tok.repeat(R // B)  # (R,): conditional and unconditional rows get the same token
+    if step is not None:  # per call: K legal ranges and uniforms (the last call padded), not views
+        pad = K - 1 - (T_out - 2) % K
+        legal_pad = torch.cat([legal_t, legal_t[-1:].expand(pad, 2)])
+        legal_calls = [c.clone() for c in legal_pad[1:].split(K)]
+        u_calls = [None] * len(legal_calls)
+        if not greedy:
+            u_pad = torch.cat([u_all, u_all.new_full((pad, B), 0.5)])
+            u_calls = [c.clone() for c in u_pad[1:].split(K)]
+    t = 1
     with ExitStack() as fast:
-        for t in range(1, T_out):
-            if step is not None:  # decode, guide and sample in one (compiled) graph
-                args = (feed, legal_rows[t], us[t], temp_t, scale_t, how)
+        while t < T_out:
+            if step is not None:  # decode, guide and sample K positions in one (compiled) graph
+                args = (feed, legal_calls[(t - 1) // K], u_calls[(t - 1) // K], temp_t, scale_t, how)
                 try:
-                    tok, feed, logits = step.sample(*args)
+                    new, feed, logits = step.sample(*args)
                 except RuntimeError as e:  # a guard did fail after all: check guards again
                     if "skip_guard_eval_unsafe" not in str(e):
                         raise
                     fast.close()
-                    tok, feed, logits = step.sample(*args)
+                    new, feed, logits = step.sample(*args)
                 if step.compile and t == 1:
                     _compiled_keys.add(key)
                     # The graph for this call's shapes and sampling settings now exists and the
-                    # remaining steps differ only in the dynamic length: skip re-checking the
-                    # guards (~0.1-0.2 ms per step); a hook runs with the guards back on.
+                    # remaining calls differ only in the dynamic length: skip re-checking the
+                    # guards (~0.1-0.2 ms per call); a hook runs with the guards back on.
                     fast.enter_context(torch.compiler.set_stance("default", skip_guard_eval_unsafe=True))
-                if logits_hook is not None and legal[t][1] - legal[t][0] > 1:
-                    with torch.compiler.set_stance("default"):
-                        logits_hook(t, logits[:, legal[t][0] : legal[t][1]])
+                for j in range(min(K, T_out - t)):
+                    lo, hi = legal[t]
+                    if logits_hook is not None and hi - lo > 1:
+                        with torch.compiler.set_stance("default"):
+                            logits_hook(t, logits[j][:, lo:hi])
+                    toks.append(new[j])
+                    bar.update()
+                    t += 1
             else:
                 if eager_step is not None:
                     h = eager_step(feed[:, None])
@@ -258,8 +284,9 @@ def generate(
                     h = model(seq, **{**kw, "key_valid": seq_valid})[:, -1]
                 tok = eager_token(h, t, us[t])
                 feed = tok.repeat(R // B)
-            toks.append(tok)
-            bar.update()
+                toks.append(tok)
+                bar.update()
+                t += 1
     bar.close()
     return torch.stack(toks, dim=1)
 
