@@ -114,8 +114,9 @@ def test_several_positions_per_call_equal_one_at_a_time(d_model):
     assert bool((a[2] == 5).all())  # the forced position
     torch.testing.assert_close(la, lb, rtol=1e-5, atol=1e-5)
     assert ca.pos == cb.pos == P + 3
-    for (k1, v1), (k2, v2) in zip(ca.layers, cb.layers, strict=True):
-        torch.testing.assert_close(k1[:, :, : P + 3], k2[:, :, : P + 3], rtol=1e-5, atol=1e-6)
+    for a_kv, b_kv in zip(ca.layers, cb.layers, strict=True):
+        for x, y in zip(a_kv, b_kv, strict=True):  # keys, values
+            torch.testing.assert_close(x[:, :, : P + 3], y[:, :, : P + 3], rtol=1e-5, atol=1e-6)
 
 
 def test_static_step_falls_back_to_eager_when_compile_fails(monkeypatch):
