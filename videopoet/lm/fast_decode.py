@@ -25,8 +25,9 @@ When the C++ kernels are built (AVX2 or AVX-512) and the blocks are plain (video
 `fused_blocks_usable`), every block of the step, the final norm and a dense head run in one
 call, `decode_layers`: one OpenMP parallel region for the whole step instead of ~60 separate
 calls per token (each its own fork and join, output allocation and argument checks). The graph
-around it is then only the embedding and the sampling. Otherwise the blocks run op by op as
-below.
+around it is then only the embedding and the sampling, so the cost of calling a compiled graph
+counts: `sample_steps` decodes `FUSED_STEPS_PER_CALL` positions per call, each fed the token the
+previous one sampled. Otherwise the blocks run op by op as below, one position per call.
 
 `DecodeStep(model, cache, compile=True)` compiles the step with inductor (it fuses RMSNorm,
 rotary, SwiGLU, residuals, attention and sampling and removes the per-op dispatch); if

@@ -17,8 +17,9 @@
   (`compile=None`) compiles only when it pays: a step already compiled in this process for the
   same model, rows, cache bucket and sampling settings, or at least `AUTO_COMPILE_STEPS` new
   positions when the blocks cannot run as one C++ call (`fast_decode.fused_blocks_usable`).
-  When they can, eager decoding uses that call too and compiling saves only the eager sampling
-  ops (~0.4 ms per step at batch 1, nothing measurable at batch 8), so it is not automatic.
+  When they can, eager decoding uses that call too and compiling saves ~0.35 ms per step at
+  batch 1 and nothing measurable at batch 8 (benchmarks/RESULTS.md): it would pay only after
+  ~15,000-50,000 steps, so it is not automatic.
 """
 
 from __future__ import annotations
