@@ -15,7 +15,7 @@ module exploits:
   no work on empty slots (attending over all L slots with a mask was 20-40% slower at batch 8:
   reading the cache is a third of a step there);
 - the query is past the prefix, so the prefix-LM mask reduces to the key validity (padding);
-- `sample_step` continues the same graph with the logits over the whole vocabulary, the legal
+- `sample_steps` continues the same graph with the logits over the whole vocabulary, the legal
   range of the position as a mask (a tensor: one graph for visual, audio-level and marker
   positions), classifier-free guidance, temperature / top-k / top-p and the draw itself, from
   uniforms the caller takes from its `torch.Generator` (videopoet/lm/sampling.py): the same
@@ -190,41 +190,6 @@ class Sampling:
     top_p: float = 1.0
 
 
-def sample_step(
-    model: PrefixLM,
-    tok: torch.Tensor,
-    pos: torch.Tensor,
-    kv: list[tuple[torch.Tensor, torch.Tensor]],
-    valid: torch.Tensor,
-    legal: torch.Tensor,
-    u: torch.Tensor | None,
-    temperature: torch.Tensor,
-    scale: torch.Tensor,
-    how: Sampling,
-    fused: bool | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`decode_step`, then the logits, guidance and sampling of the next position, in one graph.
-
-    tok (R,): the previous tokens (not a view: the next call's `tok` is this call's output, and
-    dynamo guards views through their base); legal (2,) long: the [lo, hi) id range of the
-    position; u (B,) uniforms (None when greedy); temperature, scale: 0-d float tensors (tensors,
-    so that new values do not recompile).
-
-    Returns the tokens (B,), the next step's input (R,) (the tokens repeated for the
-    unconditional rows), and the guided logits over the whole vocabulary (B, V), -inf outside
-    [lo, hi): one graph serves every range (visual, audio levels, forced markers), at the cost of
-    the head rows outside the range.
-    """
-    logits = decode_step(model, tok[:, None], pos, kv, valid, logits=True, fused=fused)
-    if how.guided:
-        logits = guided_logits(logits[: how.batch], logits[how.batch :], scale)
-    ids = torch.arange(logits.shape[-1], device=logits.device)
-    lo, hi = legal[0], legal[1]
-    logits = logits.masked_fill((ids < lo) | (ids >= hi), float("-inf"))
-    nxt = pick(logits, u, temperature, how.top_k, how.top_p, last=hi - 1)
-    return nxt, nxt.repeat(tok.shape[0] // how.batch), logits
-
-
 def sample_steps(
     model: PrefixLM,
     tok: torch.Tensor,
@@ -238,23 +203,35 @@ def sample_steps(
     how: Sampling,
     fused: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`sample_step` for the K = legal.shape[0] positions pos, ..., pos + K - 1, each fed the token
-    the previous one sampled, in one graph (one call per K positions).
+    """For each of the K = legal.shape[0] positions pos, ..., pos + K - 1: `decode_step`, then the
+    logits, guidance and sampling, the sampled token fed to the next position; in one graph.
 
-    valid (R, n + K - 1): the validity of the slots the last position sees; legal (K, 2); u (K, B)
-    or None. Returns the tokens (K, B), the next feed (R,) and the logits (K, B, V).
+    tok (R,): the tokens fed to the first position (not a view: the next call's `tok` is this
+    call's output, and dynamo guards views through their base); valid (R, n + K - 1): the slot
+    validity the last position sees; legal (K, 2) long: the [lo, hi) id range of each position;
+    u (K, B) uniforms (None when greedy); temperature, scale: 0-d float tensors (tensors, so that
+    new values do not recompile).
+
+    Returns the tokens (K, B), the next call's input (R,) (the last tokens repeated for the
+    unconditional rows), and the guided logits over the whole vocabulary (K, B, V), -inf outside
+    [lo, hi): one graph serves every range (visual, audio levels, forced markers), at the cost of
+    the head rows outside the range.
     """
     K = legal.shape[0]
     n = valid.shape[1] - K + 1
-    toks, logits = [], []
+    ids = torch.arange(model.cfg.vocab_size, device=tok.device)
+    toks, out_logits = [], []
     for j in range(K):
-        nxt, tok, lg = sample_step(
-            model, tok, pos + j, kv, valid[:, : n + j], legal[j], None if u is None else u[j],
-            temperature, scale, how, fused,
-        )  # fmt: skip
+        logits = decode_step(model, tok[:, None], pos + j, kv, valid[:, : n + j], logits=True, fused=fused)
+        if how.guided:
+            logits = guided_logits(logits[: how.batch], logits[how.batch :], scale)
+        lo, hi = legal[j, 0], legal[j, 1]
+        logits = logits.masked_fill((ids < lo) | (ids >= hi), float("-inf"))
+        nxt = pick(logits, None if u is None else u[j], temperature, how.top_k, how.top_p, last=hi - 1)
+        tok = nxt.repeat(tok.shape[0] // how.batch)
         toks.append(nxt)
-        logits.append(lg)
-    return torch.stack(toks), tok, torch.stack(logits)
+        out_logits.append(logits)
+    return torch.stack(toks), tok, torch.stack(out_logits)
 
 
 _compiled: dict[str, object] = {}  # one torch.compile wrapper per function and process
@@ -270,7 +247,7 @@ def _compiled_fn(name: str):
 
 
 class DecodeStep:
-    """Runs `decode_step` (`step(tok)` -> hidden states) or `sample_step` (`step.sample(...)` ->
+    """Runs `decode_step` (`step(tok)` -> hidden states) or `sample_steps` (`step.sample(...)` ->
     next tokens) on a `KVCache` after its prefill; compiled if asked and possible."""
 
     _failed = False  # compilation failed once in this process: do not retry
