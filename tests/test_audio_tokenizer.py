@@ -93,13 +93,20 @@ def test_trailing_partial_frame_is_dropped(tok):
     x = audio(1, 0.5)
     codes = tok.encode(x[..., :4039])  # 100 frames + 39 samples
     assert codes.shape[-1] == 100
-    assert torch.equal(codes, tok.encode(x[..., :4000])) or codes.shape[-1] == 100
+    full = tok.encode(x[..., :4000])
+    # the dropped samples may touch the last frame or two through the encoder's receptive field (the
+    # convolutions see the padding differently); every frame before those is identical
+    assert torch.equal(codes[..., :-2], full[..., :-2])
     assert tok.decode(codes).shape[-1] == 4000
 
 
 def test_encode_is_deterministic(tok):
     x = audio(2, 0.3)
-    assert torch.equal(tok.encode(x), tok.encode(x))
+    torch.manual_seed(1)
+    first = tok.encode(x)
+    torch.manual_seed(2)  # a different global RNG state: encode must draw nothing from it
+    torch.rand(123)
+    assert torch.equal(first, tok.encode(x))
     torch.manual_seed(0)
     other = AudioTokenizer(DEBUG).eval()
     assert torch.equal(other.encode(x), tok.encode(x))  # same seed -> same model -> same codes

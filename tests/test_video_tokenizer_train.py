@@ -28,16 +28,19 @@ def debug_cfg(*overrides):
 
 # ---------------------------------------------------------------------------------------- training
 def test_short_training_run_reduces_the_reconstruction_loss(tmp_path):
-    cfg = debug_cfg("data.image_every=0", "loss.gan_weight=0", "train.max_steps=25", "train.lr=0.01")
+    # Fitting one fixed batch: the loss must fall far, so the margin does not depend on the CPU's
+    # vector width (a run over changing batches fell 0.546 -> 0.412 on AVX2 but only to 0.470 on
+    # AVX-512, against a 0.85x bar).
+    cfg = debug_cfg("data.image_every=0", "loss.gan_weight=0", "train.max_steps=30", "train.lr=0.003")
     tr = TokenizerTrainer(cfg, tmp_path)
     fixed = tr.data.batch(0)
     with torch.no_grad():
         before = float((tr.model(fixed).reconstruction - fixed).abs().mean())
-    losses = [tr.train_step(tr.data.batch(s))["rec"] for s in range(25)]
+    losses = [tr.train_step(fixed)["rec"] for _ in range(30)]
     with torch.no_grad():
         after = float((tr.model(fixed).reconstruction - fixed).abs().mean())
-    assert after < 0.85 * before  # measured: 0.546 -> 0.412
-    assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])  # measured: 0.58 -> 0.38
+    assert after < 0.6 * before  # measured on AVX-512: 0.546 -> 0.154 (0.28x)
+    assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:5])  # measured: 0.436 -> 0.175
 
 
 def test_resume_is_exact_and_checkpoints_are_safetensors_dirs(tmp_path):

@@ -2,6 +2,9 @@
 
 - `mel_distance`: mean |log10 mel(ref) - log10 mel(est)| over a 64-bin mel spectrogram (1024-point
   window, hop 256 at 16 kHz, scaled with the sample rate), floor 1e-5. Lower is better; 0 is exact.
+- `log_mel_l1`: the distance issue 11 defines: power spectrogram (1024-point Hann window, hop 256
+  at 16 kHz), 64 triangular mel bands over 0-8 kHz, natural log of (power + 1e-5), mean absolute
+  difference over bands and frames. Lower is better; 0 is exact.
 - `stft_distance`: multi-resolution STFT distance (mean over 512/1024/2048-point windows at 16 kHz
   of spectral convergence + mean |log magnitude difference|). Lower is better. NaN for an all-zero
   reference (spectral convergence is relative to the reference's energy).
@@ -66,6 +69,19 @@ def mel_distance(ref, est, sample_rate: int = 16000, n_mels: int = 64) -> float:
     a = torch.log10(mel(r).clamp_min(1e-5))
     b = torch.log10(mel(e).clamp_min(1e-5))
     return float((a - b).abs().mean())
+
+
+def log_mel_l1(ref, est, sample_rate: int = 16000, n_fft: int = 1024, hop: int = 256, n_mels: int = 64) -> float:
+    from videopoet.tokenizers.audio_losses import mel_filterbank, stft
+
+    r, e = _pair(ref, est)
+    fb = mel_filterbank(sample_rate, n_fft, n_mels, 0.0, sample_rate / 2).double()
+
+    def logmel(x: torch.Tensor) -> torch.Tensor:
+        spec = stft(x.double(), n_fft, hop)
+        return torch.log(fb @ (spec.real**2 + spec.imag**2) + 1e-5)
+
+    return float((logmel(r) - logmel(e)).abs().mean())
 
 
 def stft_distance(ref, est, sample_rate: int = 16000) -> float:

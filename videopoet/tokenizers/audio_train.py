@@ -56,8 +56,10 @@ from videopoet.tokenizers.audio_losses import (
 # ----------------------------------------------------------------------------------------- config
 @dataclass
 class AudioDataConfig:
-    """Where training audio comes from. `sources`: any of "shapes", "real", "synthetic"; `files`: more
-    audio or video files (their audio tracks)."""
+    """Where training audio comes from. `sources`: any of "shapes", "real", "synthetic", "corpus"
+    (speech, rendered MIDI music and sound effects from Debian packages, videopoet.data.corpus,
+    rendered once into `corpus_dir`; every 7th file is held out whole); `files`: more audio or video
+    files (their audio tracks)."""
 
     sources: list[str] = field(default_factory=lambda: ["shapes", "real"])
     files: list[str] = field(default_factory=list)
@@ -68,11 +70,12 @@ class AudioDataConfig:
     holdout_fraction: float = 0.25  # tail of each real recording kept out of training
     holdout_min_seconds: float = 2.0  # recordings shorter than this are used whole for training
     real_weight: float = 0.5  # share of training segments drawn from real recordings and files
+    corpus_dir: str = "~/.cache/videopoet/corpus/audio"  # where the "corpus" source is rendered (once)
 
     def __post_init__(self) -> None:
         for s in self.sources:
-            if s not in ("shapes", "real", "synthetic"):
-                raise ConfigError(f"data.sources: unknown source {s!r} (shapes, real, synthetic)")
+            if s not in ("shapes", "real", "synthetic", "corpus"):
+                raise ConfigError(f"data.sources: unknown source {s!r} (shapes, real, synthetic, corpus)")
         if not self.sources and not self.files:
             raise ConfigError("data: no sources and no files: nothing to train on")
         if self.segment_seconds <= 0:
@@ -256,8 +259,27 @@ def build_corpus(cfg: AudioDataConfig, sample_rate: int, log=print) -> AudioCorp
         if not found:
             log("audio data: no real recordings found in installed packages")
         files = found + files
-    for desc, path in files:
-        x = read_waveform(path, sample_rate)
+    if "corpus" in cfg.sources:
+        from videopoet.data.corpus import HOLDOUT_EVERY, render_audio_corpus
+
+        root = Path(cfg.corpus_dir).expanduser()
+        manifest = root / "manifest.jsonl"
+        if manifest.is_file():
+            records = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+        else:
+            records, _ = render_audio_corpus(root, sample_rate=sample_rate, log=log)
+        if not records:
+            log(f"audio data: the corpus in {root} is empty (see videopoet.data.corpus for its packages)")
+        for i, rec in enumerate(records):
+            x = read_waveform(rec["path"], sample_rate)
+            if i % HOLDOUT_EVERY == 0:
+                held.append(x)
+                held_names.append(f"corpus/{rec['kind']}/{Path(rec['path']).stem} [held-out file]")
+            else:
+                files.append((f"corpus/{rec['kind']}/{Path(rec['path']).stem}", None, x))
+    for entry in files:
+        desc, path = entry[0], entry[1]
+        x = entry[2] if len(entry) > 2 else read_waveform(path, sample_rate)
         n = x.shape[-1]
         if n >= cfg.holdout_min_seconds * sample_rate and cfg.holdout_fraction > 0:
             cut = int(round(n * (1 - cfg.holdout_fraction)))

@@ -81,7 +81,10 @@ class LFQ(nn.Module):
     # ---- training ------------------------------------------------------------------------------
     def entropies(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(per-sample entropy, batch entropy) of the soft code assignment, summed over groups."""
-        flat = z.movedim(1, -1).reshape(-1, self.bits).float()  # (N, K)
+        with torch.autocast(z.device.type, enabled=False):  # fp32 even under bf16 autocast
+            return self._entropies(z.movedim(1, -1).reshape(-1, self.bits).float())
+
+    def _entropies(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # (N, K) fp32
         per_sample = flat.new_zeros(())
         batch = flat.new_zeros(())
         start = 0

