@@ -236,7 +236,7 @@ def test_parity_with_transformers_llama(n_kv_heads):
 def test_every_preset_parses_and_paper_sizes_match():
     names = sorted(p.stem for p in (PRESETS_DIR / "lm").glob("*.yaml"))
     assert {"debug", "cpu", "300m", "1b", "8b"} <= set(names)
-    target = {"300m": 300e6, "1b": 1e9, "8b": 8e9, "cpu": 13e6}
+    target = {"300m": 300e6, "1b": 1e9, "8b": 8e9, "cpu": 15e6}
     for name in names:
         model, vocab = build_lm(name, device="meta")
         assert model.cfg.vocab_size == vocab.size

@@ -6,7 +6,7 @@ import torch
 from videopoet.errors import ConfigError, InputError
 from videopoet.lm.sequence import Mod, build_sequence, collate, output_codes, parse_sequence
 from videopoet.lm.vocab import NUM_SPECIAL, Vocabulary
-from videopoet.tasks.specs import TASKS
+from videopoet.lm.tasks import TASKS
 
 V = Vocabulary(visual_bits=6, audio_levels=3, audio_codes=16, text_size=40)
 
@@ -18,11 +18,53 @@ def test_vocab_ranges_follow_the_design_layout():
     assert V.text_range() == (368, 408)
     assert V.size == 408
     assert all(V.task_id(t) < NUM_SPECIAL for t in TASKS)
-    assert len({V.task_id(t) for t in TASKS}) == len(TASKS)
+    # t2v, t2i and uncond share <task:t2v>; every other task has its own token
+    assert len({V.task_id(t) for t in TASKS}) == len(TASKS) - 2
+    assert V.task_id("t2i") == V.task_id("uncond") == V.task_id("t2v")
     assert V.token_name(V.id("<bov_o>")) == "<bov_o>"
     assert (
         V.token_name(256 + 5) == "v5" and V.token_name(320 + 16 + 3) == "a1:3" and V.token_name(370) == "t2"
     )
+
+
+def test_special_ids_are_fixed_and_append_only():
+    from videopoet.lm.vocab import SPECIAL_TABLE
+
+    # ids written by earlier versions never move (shards and models keep working)
+    fixed = {"<pad>": 0, "<bos>": 1, "<eos>": 2, "<mask>": 3, "<bov_o>": 11, "<source:first_frame>": 15,
+             "<res:64x64>": 21, "<task:t2v>": 23, "<task:i2v>": 26, "<task:v2a>": 31, "<task:avcont>": 33,
+             "<frames:17>": 37}
+    assert {k: V.id(k) for k in fixed} == fixed
+    assert [i for i, _ in SPECIAL_TABLE] == list(range(len(SPECIAL_TABLE)))
+    assert V.special_tokens == tuple(n for _, n in SPECIAL_TABLE)
+
+
+def test_no_text_has_one_encoding():
+    """Text dropout, unconditional video and the unconditional rows of guidance are one sequence."""
+    out = {"video": torch.ones(1, 2, 2, dtype=torch.long)}
+    dropped = build_sequence(V, "t2v", {}, out)
+    uncond = build_sequence(V, "uncond", {}, out)
+    assert torch.equal(dropped.ids, uncond.ids)
+    assert parse_sequence(V, uncond.ids)[0] == "t2v"
+    # an image continues as a video: t2i's sequence is a prefix of t2v's
+    img = build_sequence(V, "t2i", {"text": torch.tensor([1, 2])}, {"video": torch.ones(1, 2, 2, dtype=torch.long)})
+    vid = build_sequence(V, "t2v", {"text": torch.tensor([1, 2])}, {"video": torch.ones(3, 2, 2, dtype=torch.long)})
+    assert torch.equal(vid.ids[: len(img)], img.ids)
+
+
+def test_duration_token_follows_the_resolution():
+    s = build_sequence(V, "t2v", {}, {"video": (5, 2, 2)}, res="64x64", frames=17)
+    i = s.prefix_len
+    assert [V.token_name(int(t)) for t in s.ids[i - 3 : i]] == ["<res:64x64>", "<frames:17>", "<bov_o>"]
+    with pytest.raises(InputError, match="frames 18"):
+        build_sequence(V, "t2v", {}, {"video": (5, 2, 2)}, frames=18)
+
+
+def test_vocab_mismatch_names_both_files():
+    W = Vocabulary(visual_bits=7, audio_levels=3, audio_codes=16, text_size=40)
+    with pytest.raises(ConfigError, match="model/vocab.json.*shards/vocab.json.*visual_bits 6 vs 7"):
+        V.check_same(W, "model/vocab.json", "shards/vocab.json")
+    V.check_same(Vocabulary(visual_bits=6, audio_levels=3, audio_codes=16, text_size=40), "a", "b")
 
 
 def test_vocab_save_load_and_errors(tmp_path):
@@ -97,7 +139,7 @@ def test_every_task_round_trips(task):
     else:
         assert ids[-1] == V.id("<eos>")
     name, got_in, got_out = parse_sequence(V, ids)
-    assert name == task
+    assert name == ("t2v" if TASKS[task].token == "t2v" else task)  # t2i and uncond are t2v sequences
     assert set(got_in) == set(inputs) and set(got_out) == set(outputs)
     for k, x in inputs.items():
         assert torch.equal(got_in[k], x.reshape(got_in[k].shape)), k
@@ -174,3 +216,31 @@ def test_lm_preset_vocab_matches_the_tokenizer_presets(name):
     audio = from_dict(AudioTokenizerConfig, load_yaml(f"audio/{name}")["model"])
     vocab = Vocabulary.from_tokenizers(video, audio, default_text_tokenizer())
     assert vocab == load_preset(name)[0]
+
+
+@pytest.mark.parametrize("name,frames", [("cpu", (17,)), ("300m", (17, 41)), ("1b", (17, 41)), ("8b", (17, 41))])
+def test_presets_fit_every_task(name, frames):
+    """max_seq_len covers the longest task the preset serves: 5 x 16 x 16 latents for 17 frames
+    (64x64 at 4x, 128x128 at 8x), 11 x 16 x 16 for 41; 2.125 s of audio per 17 frames (106 codec
+    frames x 4 levels); 64 text tokens; the first frame 1 x 16 x 16."""
+    from videopoet.lm.pretrained import load_preset
+
+    vocab, cfg = load_preset(name)[:2]
+    text = torch.zeros(64, dtype=torch.long) if vocab.text_size else torch.zeros(64, 8)
+    longest = {}
+    for n in frames:
+        t = 1 + (n - 1) // 4
+        video = torch.zeros(t, 16, 16, dtype=torch.long)
+        first = torch.zeros(1, 16, 16, dtype=torch.long)
+        audio = torch.zeros(vocab.audio_levels, round(106 * n / 17), dtype=torch.long)
+        ins = {"text": text, "first_frame": first, "context": video[:2], "masked": video, "structure": video,
+               "video": video, "audio": audio}
+        for task, spec in TASKS.items():
+            if n > 17 and task not in ("t2v", "i2v", "frame_pred"):
+                continue
+            inputs = {p.name: ins[p.name] for p in spec.prefix}
+            outputs = {p.name: (video if p.modality == "visual" else audio) for p in spec.outputs}
+            s = build_sequence(vocab, task, inputs, outputs, res="64x64", frames=n)
+            longest[f"{task}@{n}"] = len(s)
+    worst = max(longest, key=longest.get)
+    assert longest[worst] <= cfg.max_seq_len, (worst, longest[worst])

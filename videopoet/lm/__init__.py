@@ -11,5 +11,5 @@
                    (used by generate when compile=True, or automatically when it pays off)
     pretrained.py  presets (configs/lm/*.yaml) and LM directories (config.json, model.safetensors,
                    vocab.json)
-The task table itself is data in videopoet/tasks/specs.py.
+The task table itself is data in videopoet/lm/tasks.py.
 """

@@ -2,7 +2,7 @@
 
 One function for training and generation. `build_sequence(vocab, task, inputs, outputs)`:
 
-- `inputs[name]` for each prefix part of the task (see videopoet/tasks/specs.py):
+- `inputs[name]` for each prefix part of the task (see videopoet/lm/tasks.py):
   text   -> LongTensor (N,) of text-token ids in [0, S)            (token mode), or
             FloatTensor (N, D) of text embeddings, optional `inputs["text_mask"]` (N,) bool
             (embedding mode: positions hold `<text_emb>` and the LM adds the projected embedding);
@@ -31,7 +31,7 @@ import torch
 
 from videopoet.errors import InputError
 from videopoet.lm.vocab import Vocabulary
-from videopoet.tasks.specs import TaskSpec, get_task
+from videopoet.lm.tasks import BY_TOKEN, TaskSpec, get_task
 
 
 class Mod(IntEnum):
@@ -155,8 +155,11 @@ def build_sequence(
     outputs: Mapping[str, torch.Tensor | tuple[int, ...]],
     *,
     res: str | None = None,
+    frames: int | None = None,
 ) -> Sequence:
-    """Lay out one example of `task` (see the module docstring for the input formats)."""
+    """Lay out one example of `task` (see the module docstring for the input formats). `res`
+    ("64x64") and `frames` (the output's frame count, one of vocab.DURATIONS) are written after the
+    prefix parts as <res:...><frames:N>, so the prefix tells the target size and length."""
     spec = get_task(task) if isinstance(task, str) else task
     known = {p.name for p in spec.prefix} | (
         {"text_mask"} if any(p.modality == "text" for p in spec.prefix) else set()
@@ -165,7 +168,7 @@ def build_sequence(
     if unknown:
         raise InputError(f"task {spec.name}: unknown input(s) {unknown}; expected {sorted(known)}")
     w = _Writer()
-    w.special(vocab, "<bos>", f"<task:{spec.name}>")
+    w.special(vocab, "<bos>", f"<task:{spec.token}>")
     text_embeds = text_positions = None
     for part in spec.prefix:
         x = inputs.get(part.name)
@@ -207,6 +210,10 @@ def build_sequence(
             w.special(vocab, "<eoa_i>")
     if res is not None:
         w.special(vocab, f"<res:{res}>")
+    if frames is not None:
+        if not vocab.has(f"<frames:{frames}>"):
+            raise InputError(f"frames {frames}: no duration token; the vocabulary has <frames:N> for N in {_durations(vocab)}")
+        w.special(vocab, f"<frames:{frames}>")
     segments = []
     prefix_len = None
     for k, part in enumerate(spec.outputs):
@@ -284,7 +291,10 @@ def parse_sequence(
     task = vocab.token_name(seq[1])
     if not task.startswith("<task:"):
         raise InputError(f"ids[1]: expected a task token, got {task}")
-    spec = get_task(task[len("<task:") : -1])
+    token = task[len("<task:") : -1]
+    if token not in BY_TOKEN:
+        raise InputError(f"ids[1]: {task} is a retired task token")
+    spec = get_task(BY_TOKEN[token])
     ends = {
         "<bot_i>": "<eot_i>", "<bov_i>": "<eov_i>", "<boa_i>": "<eoa_i>",
         "<bov_o>": "<eov_o>", "<boa_o>": "<eoa_o>",
@@ -302,7 +312,7 @@ def parse_sequence(
         if name.startswith("<source:"):
             source = name[len("<source:") : -1]
             continue
-        if name.startswith("<res:") or name == "<eos>":
+        if name.startswith(("<res:", "<frames:")) or name == "<eos>":
             continue
         if name not in ends:
             raise InputError(f"ids[{i - 1}]: unexpected token {name} in a {spec.name} sequence")
@@ -331,6 +341,10 @@ def parse_sequence(
             codes = ((body - vocab.audio_offset) % vocab.audio_codes).reshape(vocab.audio_levels, -1)
         (outputs if is_out else inputs)[part.name] = codes
     return spec.name, inputs, outputs
+
+
+def _durations(vocab: Vocabulary) -> list[int]:
+    return [int(t[8:-1]) for t in vocab.special_tokens if t.startswith("<frames:")]
 
 
 @dataclass

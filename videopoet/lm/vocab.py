@@ -19,25 +19,45 @@ from typing import Any
 
 from videopoet.config import from_dict, load_json, save_json
 from videopoet.errors import ConfigError, InputError
-from videopoet.tasks.specs import SOURCES, TASKS
+from videopoet.lm.tasks import SOURCES, TASKS
 
 NUM_SPECIAL = 256
 
-BASE_SPECIAL = (
-    "<pad>", "<bos>", "<eos>", "<mask>", "<text_emb>",
-    "<bot_i>", "<eot_i>", "<bov_i>", "<eov_i>", "<boa_i>", "<eoa_i>",
-    "<bov_o>", "<eov_o>", "<boa_o>", "<eoa_o>",
+# The special-token table: explicit ids, append-only. A token's id never changes and no id is
+# reused: a new task, source, resolution or duration gets the next free id at the end, so models
+# and token shards written before it stay valid. (Before this table the ids were derived from the
+# task list's order, and adding one task moved <task:t2v> from 23 to 24.) A retired token keeps its
+# id and is simply never written (e.g. <task:uncond>: unconditional video is t2v without text).
+SPECIAL_TABLE: tuple[tuple[int, str], ...] = (
+    (0, "<pad>"), (1, "<bos>"), (2, "<eos>"), (3, "<mask>"), (4, "<text_emb>"),
+    (5, "<bot_i>"), (6, "<eot_i>"), (7, "<bov_i>"), (8, "<eov_i>"), (9, "<boa_i>"), (10, "<eoa_i>"),
+    (11, "<bov_o>"), (12, "<eov_o>"), (13, "<boa_o>"), (14, "<eoa_o>"),
+    (15, "<source:first_frame>"), (16, "<source:structure>"),
+    (17, "<res:128x128>"), (18, "<res:128x224>"), (19, "<res:224x128>"), (20, "<res:256x256>"),
+    (21, "<res:64x64>"), (22, "<res:32x32>"),
+    (23, "<task:t2v>"), (24, "<task:t2i>"), (25, "<task:uncond>"), (26, "<task:i2v>"),
+    (27, "<task:frame_pred>"), (28, "<task:inpaint>"), (29, "<task:outpaint>"), (30, "<task:stylize>"),
+    (31, "<task:v2a>"), (32, "<task:a2v>"), (33, "<task:avcont>"),
+    # output duration in frames, written beside the resolution (the paper signals 17 vs 41 frames)
+    (34, "<frames:1>"), (35, "<frames:5>"), (36, "<frames:9>"), (37, "<frames:17>"), (38, "<frames:33>"),
+    (39, "<frames:41>"),
+    (40, "<source:anchor>"),  # long video: the first chunk's first frame as a second visual source
 )  # fmt: skip
-RESOLUTIONS = ("128x128", "128x224", "224x128", "256x256", "64x64", "32x32")
+
+BASE_SPECIAL = tuple(name for _, name in SPECIAL_TABLE[:15])
+RESOLUTIONS = tuple(name[5:-1] for _, name in SPECIAL_TABLE if name.startswith("<res:"))
+DURATIONS = tuple(int(name[8:-1]) for _, name in SPECIAL_TABLE if name.startswith("<frames:"))
 
 
 def default_special_tokens() -> tuple[str, ...]:
-    return (
-        BASE_SPECIAL
-        + tuple(f"<source:{s}>" for s in SOURCES)
-        + tuple(f"<res:{r}>" for r in RESOLUTIONS)
-        + tuple(f"<task:{t}>" for t in TASKS)
-    )
+    """The names of SPECIAL_TABLE in id order (position = id)."""
+    ids = [i for i, _ in SPECIAL_TABLE]
+    assert ids == list(range(len(ids))), "SPECIAL_TABLE ids must be 0, 1, 2, ... in order"
+    names = tuple(name for _, name in SPECIAL_TABLE)
+    needed = {f"<source:{s}>" for s in SOURCES} | {f"<task:{t.token}>" for t in TASKS.values()}
+    missing = sorted(needed - set(names))
+    assert not missing, f"append these to SPECIAL_TABLE (new ids at the end): {missing}"
+    return names
 
 
 @dataclass(frozen=True)
@@ -112,7 +132,10 @@ class Vocabulary:
             raise InputError(f"token {token!r}: not in this vocabulary's special tokens") from None
 
     def task_id(self, task: str) -> int:
-        return self.id(f"<task:{task}>")
+        """The id of a task's task token (tasks may share one: t2i and uncond write <task:t2v>)."""
+        from videopoet.lm.tasks import get_task
+
+        return self.id(f"<task:{get_task(task).token}>")
 
     def has(self, token: str) -> bool:
         return token in self._ids  # type: ignore[attr-defined]
@@ -149,6 +172,24 @@ class Vocabulary:
     @classmethod
     def load(cls, path: str | Path) -> Vocabulary:
         return from_dict(cls, load_json(path), where=str(path))
+
+    def check_same(self, other: Vocabulary, mine: str, theirs: str) -> None:
+        """Raise ConfigError naming both files when two vocabularies differ (a model's and its
+        shards', say): the same id would mean different tokens."""
+        if self == other:
+            return
+        diffs = []
+        for f in ("visual_bits", "audio_levels", "audio_codes", "text_size"):
+            if getattr(self, f) != getattr(other, f):
+                diffs.append(f"{f} {getattr(self, f)} vs {getattr(other, f)}")
+        a, b = self.special_tokens, other.special_tokens
+        for i in range(max(len(a), len(b))):
+            x = a[i] if i < len(a) else "(none)"
+            y = b[i] if i < len(b) else "(none)"
+            if x != y:
+                diffs.append(f"special id {i}: {x} vs {y}")
+                break
+        raise ConfigError(f"vocabularies differ between {mine} and {theirs}: {'; '.join(diffs)}")
 
     @classmethod
     def from_tokenizers(cls, video_tok: Any, audio_tok: Any = None, text_tok: Any = None) -> Vocabulary:

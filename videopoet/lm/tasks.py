@@ -38,8 +38,11 @@ class TaskSpec:
     outputs: tuple[Part, ...]
     open_end: bool = False  # omit <eov_o><eos> (t2i)
     description: str = ""
+    token: str = ""  # the task token written as <task:TOKEN> (default: the name; tasks may share one)
 
     def __post_init__(self):
+        if not self.token:
+            object.__setattr__(self, "token", self.name)
         if not self.outputs:
             raise ValueError(f"task {self.name}: needs at least one output part")
         if any(p.modality == "text" for p in self.outputs):
@@ -61,9 +64,14 @@ VIDEO_OUT = Part("video", "visual")
 AUDIO_OUT = Part("audio", "audio")
 
 _TABLE = (
+    # One task token for text-to-video, text-to-image and unconditional video (as in the paper):
+    # an image is the first frame of a video (t2i is t2v with a 1-frame output and no end tokens, so
+    # it can continue as a video), and "no text" has one encoding, the text part left out -- the
+    # same sequence for unconditional training, ~10% text dropout, and the unconditional rows of
+    # classifier-free guidance.
     TaskSpec("t2v", (TEXT,), (VIDEO_OUT,), description="text -> video"),
-    TaskSpec("t2i", (TEXT,), (VIDEO_OUT,), open_end=True, description="text -> image (first frame)"),
-    TaskSpec("uncond", (), (VIDEO_OUT,), description="nothing -> video"),
+    TaskSpec("t2i", (TEXT,), (VIDEO_OUT,), open_end=True, description="text -> image (first frame)", token="t2v"),
+    TaskSpec("uncond", (), (VIDEO_OUT,), description="nothing -> video (t2v without text)", token="t2v"),
     TaskSpec(
         "i2v",
         (TEXT, Part("first_frame", "visual")),
@@ -92,7 +100,7 @@ _TABLE = (
         "stylize",
         (
             TEXT,
-            Part("structure", "visual", source="structure"),
+            Part("structure", "visual", source="structure", optional=True),
             Part("first_frame", "visual", source="first_frame", optional=True),
         ),
         (VIDEO_OUT,),
@@ -109,6 +117,10 @@ _TABLE = (
 )
 
 TASKS: dict[str, TaskSpec] = {t.name: t for t in _TABLE}
+# task token -> the task that parse_sequence reports for it (t2i/uncond sequences read back as t2v)
+BY_TOKEN: dict[str, str] = {}
+for _t in _TABLE:
+    BY_TOKEN.setdefault(_t.token, _t.name)
 
 # <source:NAME> tokens used by any task (the vocabulary reserves one id for each).
 SOURCES: tuple[str, ...] = tuple(sorted({p.source for t in _TABLE for p in t.prefix if p.source is not None}))
