@@ -5,8 +5,8 @@ import torch
 
 from videopoet.errors import ConfigError, InputError
 from videopoet.lm.sequence import Mod, build_sequence, collate, output_codes, parse_sequence
-from videopoet.lm.vocab import NUM_SPECIAL, Vocabulary
 from videopoet.lm.tasks import TASKS
+from videopoet.lm.vocab import NUM_SPECIAL, Vocabulary
 
 V = Vocabulary(visual_bits=6, audio_levels=3, audio_codes=16, text_size=40)
 

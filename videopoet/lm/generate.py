@@ -43,8 +43,8 @@ from videopoet.lm.fast_decode import (
 from videopoet.lm.model import KVCache, PrefixLM
 from videopoet.lm.sampling import guided_logits, pick
 from videopoet.lm.sequence import Sequence, build_sequence, output_codes, stack_text_embeds
-from videopoet.lm.vocab import Vocabulary
 from videopoet.lm.tasks import get_task
+from videopoet.lm.vocab import Vocabulary
 
 # compile=None compiles from this many generated positions on when the fused C++ blocks cannot
 # run the model (no AVX-512, adapters or hooks, other head sizes). cpu preset, one thread, op by

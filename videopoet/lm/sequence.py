@@ -30,8 +30,8 @@ from enum import IntEnum
 import torch
 
 from videopoet.errors import InputError
-from videopoet.lm.vocab import Vocabulary
 from videopoet.lm.tasks import BY_TOKEN, TaskSpec, get_task
+from videopoet.lm.vocab import Vocabulary
 
 
 class Mod(IntEnum):
