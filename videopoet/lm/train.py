@@ -35,6 +35,7 @@ def make_optimizer(
     *,
     weight_decay: float = 0.0,
     betas: tuple[float, float] = (0.9, 0.95),
+    eps: float = 1e-8,
     fused: bool | None = None,
 ) -> torch.optim.AdamW:
     """AdamW with weight decay on the >= 2-D weights except embeddings and heads.
@@ -53,9 +54,9 @@ def make_optimizer(
         if g["params"]
     ]
     if fused is False:
-        return torch.optim.AdamW(groups, lr=lr, betas=betas)
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
     try:
-        return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=True)
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=True)
     except (RuntimeError, ValueError) as e:  # no fused kernel for this device / dtype
         if fused:
             raise
