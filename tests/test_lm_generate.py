@@ -141,9 +141,24 @@ def test_sample_task_with_guidance_and_text_embeddings():
         {"text": torch.randn(4, 8)},
         {"text": torch.randn(6, 8), "text_mask": torch.tensor([1, 1, 1, 0, 0, 0]).bool()},
     ]
-    out = sample_task(m2, v, "t2v", inputs, {"video": (2, 2, 2)}, guidance_scale=2.0, seed=0, top_k=8)
+    seen = {}
+    out = sample_task(m2, v, "t2v", inputs, {"video": (2, 2, 2)}, guidance_scale=2.0, seed=0, top_k=8,
+                      logits_hook=lambda t, lg: seen.setdefault(t, lg.clone()))
     assert out["video"].shape == (2, 2, 2, 2)
-    assert int(out["video"].min()) >= 0 and int(out["video"].max()) < 64
+    # the first position's logits are uncond + 2 (cond - uncond), the unconditional rows being the
+    # same prompts with the text left out (one encoding of "no text")
+    lo, hi = v.visual_range()
+    for b, x in enumerate(inputs):
+        c = build_sequence(v, "t2v", x, {"video": (2, 2, 2)})
+        u = build_sequence(v, "t2v", {}, {"video": (2, 2, 2)})
+        with torch.no_grad():
+            def first(s):
+                emb = None if s.text_embeds is None else s.text_embeds[None]
+                pos = None if s.text_positions is None else s.text_positions[None]
+                h = m2(s.ids[None, : s.prefix_len], prefix_len=s.prefix_len, text_embeds=emb, text_positions=pos)
+                return m2.logits(h[:, -1], lo, hi)[0]
+            want = first(u) + 2.0 * (first(c) - first(u))
+        torch.testing.assert_close(seen[0][b], want, rtol=1e-4, atol=1e-4)
     # the text embedding matters: other text, other greedy video
     a = sample_task(m2, v, "t2v", inputs[:1], {"video": (2, 2, 2)}, temperature=0)
     b = sample_task(m2, v, "t2v", [{"text": torch.randn(4, 8) * 3}], {"video": (2, 2, 2)}, temperature=0)
@@ -158,7 +173,12 @@ def test_every_attention_backend_generates_the_same_tokens():
     shapes = {"video": (1, 2, 2)}
     p = prompts([{"text": torch.tensor([1, 2, 3])}, {}], shapes)  # left padding in row 1
     expected = generate(base, p, temperature=0)
+    # without the cache every position is a full forward through the backend (with the cache, the
+    # fused decoding op does the steps after the prefill whatever the backend)
+    expected_full = generate(base, p, temperature=0, use_cache=False)
+    assert torch.equal(expected_full, expected)
     for backend in available_backends("cpu"):
         other = model(attention=backend)
         other.load_state_dict(base.state_dict())
         assert torch.equal(generate(other, p, temperature=0), expected), backend
+        assert torch.equal(generate(other, p, temperature=0, use_cache=False), expected_full), backend

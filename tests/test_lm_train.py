@@ -74,7 +74,10 @@ def test_train_step_learns_and_refuses_bad_batches():
     m.layers[0].attn.wo.weight.data[0, 0] = float("nan")
     with pytest.raises(InputError, match="the loss is nan"):
         step(ids, loss_mask, prefix_len=P)
-    m.layers[0].attn.wo.weight.data[0, 0] = before[0].new_tensor(0.0)  # the step was not applied
+    m.layers[0].attn.wo.weight.data[0, 0] = dict(zip([n for n, _ in m.named_parameters()], before, strict=True))[
+        "layers.0.attn.wo.weight"][0, 0]
+    # the refused step was not applied: every parameter is what it was, and no gradient is left
+    assert all(torch.equal(p, b) for p, b in zip(m.parameters(), before, strict=True))
     assert all(p.grad is None for p in m.parameters())
 
 

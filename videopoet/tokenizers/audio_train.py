@@ -98,6 +98,9 @@ class AudioTrainConfig:
     w_mel: float = 1.0
     w_stft: float = 1.0
     w_commit: float = 1.0
+    mel_log_floor: float = 1e-5  # floor of the mel magnitudes inside the log-mel loss
+    stft_log_floor: float = 0.0  # added to the STFT magnitudes inside the log (audio_losses.MultiResolutionSTFTLoss)
+    stft_sizes: tuple[int, ...] = (256, 512, 1024)
     w_adv: float = 3.0
     w_feat: float = 3.0
     adv_start_step: int = 0  # steps of reconstruction-only training before the GAN starts
@@ -499,8 +502,10 @@ def train_audio_tokenizer(recipe: AudioRecipe, out_dir: str | Path, *, resume: b
         f"{len(corpus.heldout)} held-out ({corpus.seconds('heldout') / mc.sample_rate:.1f} s)")
     segment = max(mc.hop_length, int(recipe.data.segment_seconds * mc.sample_rate) // mc.hop_length * mc.hop_length)
     lo, hi = scaled_mel_exponents(mc.sample_rate)
-    mel_loss = MultiScaleMelLoss(mc.sample_rate, lo, min(hi, int(math.log2(segment)))).to(fabric.device)
-    stft_loss = MultiResolutionSTFTLoss(tuple(n for n in (256, 512, 1024) if n <= segment)).to(fabric.device)
+    mel_loss = MultiScaleMelLoss(mc.sample_rate, lo, min(hi, int(math.log2(segment))),
+                                 log_floor=tc.mel_log_floor).to(fabric.device)
+    stft_loss = MultiResolutionSTFTLoss(tuple(n for n in tc.stft_sizes if n <= segment),
+                                        log_floor=tc.stft_log_floor).to(fabric.device)
     world = fabric.world_size
 
     def all_reduce(t: torch.Tensor) -> torch.Tensor:
