@@ -120,7 +120,7 @@ def test_decoding_with_kernels_matches_pytorch(monkeypatch):
         logits_k = model.logits(h_k)
         out_k = generate(model, prompt, temperature=0, compile=False)
     assert used  # the 4-row decoding steps went through the kernel
-    assert len(fused) == 11  # every step after the first
+    assert len(fused) == 3 + 11  # the one-time parity check (3 tokens), then every step after the first
     monkeypatch.setattr(kernels, "_state", {"ok": False})
     with torch.no_grad():
         h = model(ids)[:, -1]
@@ -341,3 +341,25 @@ def test_this_file_passes_with_the_avx2_kernels():
     )
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     assert " passed" in r.stdout and " failed" not in r.stdout
+
+
+def test_a_forward_never_builds_the_kernels_and_the_fused_path_is_gated(monkeypatch):
+    """Training and evaluation forwards use the kernels only once decoding has loaded them, and
+    the fused step is used only for the Block architecture it implements, after a parity check."""
+    from videopoet.lm import fast_decode
+
+    model, vocab = _lm()
+    calls = []
+    monkeypatch.setattr(kernels, "_state", {})
+    monkeypatch.setattr(kernels, "_load", lambda: calls.append(1) or False)
+    with torch.no_grad():
+        model(torch.randint(0, vocab.size, (4, 20)))  # a no-grad forward with 4 rows
+    assert calls == [] and not kernels.loaded()
+    monkeypatch.undo()
+    if kernels.available():
+        torch.set_grad_enabled(False)
+        assert fast_decode.fused_blocks_usable(model, 1)
+        assert fast_decode.decode_matches_forward(model, True) and fast_decode.decode_matches_forward(model, False)
+        monkeypatch.setattr(fast_decode, "DECODE_ARCH", "something else")
+        assert not fast_decode.fused_blocks_usable(model, 1)
+        torch.set_grad_enabled(True)

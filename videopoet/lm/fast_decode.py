@@ -74,6 +74,47 @@ def rotary_halves(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torc
     return torch.addcmul(x * cos, torch.cat([x[..., h:], x[..., :h]], dim=-1), sin)
 
 
+# the Block mathematics decode_step and decode_layers implement (videopoet.lm.model.BLOCK_ARCH)
+DECODE_ARCH = "pre-RMSNorm / fused-QKV GQA attention / rotary (rotate-half) / SwiGLU / no biases: v1"
+_parity: dict[tuple[int, bool, int], bool] = {}
+
+
+def arch_supported() -> bool:
+    from videopoet.lm.model import BLOCK_ARCH
+
+    return BLOCK_ARCH == DECODE_ARCH
+
+
+@torch.no_grad()
+def decode_matches_forward(model: PrefixLM, fused: bool, rows: int = 1, atol: float = 1e-3) -> bool:
+    """One-time check (cached per model object, path and row count) that decoding three tokens
+    one at a time gives the hidden states of the model's own forward on those tokens."""
+    key = (id(model), fused, rows)
+    if key in _parity:
+        return _parity[key]
+    from videopoet.lm.model import KVCache
+
+    g = torch.Generator().manual_seed(0)
+    w = model.norm.weight
+    ids = torch.randint(0, model.cfg.vocab_size, (rows, 3), generator=g).to(w.device)
+    ref = model(ids)  # causal, no cache: Block.forward
+    cache = KVCache(model.cfg, rows, 8, device=w.device, dtype=w.dtype)
+    kv = cache.layers
+    outs = []
+    for t in range(3):
+        valid = torch.ones(rows, t + 1, dtype=torch.bool, device=w.device)
+        outs.append(decode_step(model, ids[:, t : t + 1], torch.tensor(t, device=w.device), kv, valid, fused=fused))
+    got = torch.stack(outs, 1)
+    ok = bool(torch.allclose(got, ref, atol=atol, rtol=1e-3))
+    if not ok:
+        import warnings
+
+        warnings.warn(f"decoding step ({'fused C++' if fused else 'op by op'}) disagrees with the model's forward "
+                      f"(max diff {float((got - ref).abs().max()):.2e}); not using it", RuntimeWarning, stacklevel=3)
+    _parity[key] = ok
+    return ok
+
+
 def fused_blocks_usable(model: PrefixLM, rows: int) -> bool:
     """Whether `decode_layers` (every block of a step in one C++ call) can run this model at
     `rows` rows: the kernels built (AVX2 or AVX-512), fp32 CPU weights, a head size the attention
@@ -84,7 +125,9 @@ def fused_blocks_usable(model: PrefixLM, rows: int) -> bool:
     w = model.norm.weight
     D = model.cfg.head_dim
     if not (
-        w is not None
+        arch_supported()
+        and kernels.loaded()
+        and w is not None
         and w.device.type == "cpu"
         and w.dtype == torch.float32
         and rows <= kernels.MAX_ROWS
@@ -256,7 +299,8 @@ class DecodeStep:
         self.model, self.cache = model, cache
         self.compile = compile and not DecodeStep._failed
         kernels.available()  # build/load the kernels now, not inside a compiled trace
-        self.fused = fused_blocks_usable(model, cache.key_valid.shape[0])  # once, not every step
+        rows = cache.key_valid.shape[0]
+        self.fused = fused_blocks_usable(model, rows) and decode_matches_forward(model, True, rows)  # once
         self.pos = torch.tensor(cache.pos, dtype=torch.long, device=cache.key_valid.device)
         self.compile_seconds = 0.0
         self._first = True

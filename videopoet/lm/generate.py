@@ -33,11 +33,13 @@ import torch
 from tqdm.auto import tqdm
 
 from videopoet.errors import InputError
+from videopoet.lm import kernels
 from videopoet.lm.fast_decode import (
     FUSED_STEPS_PER_CALL,
     DecodeStep,
     Sampling,
     cache_len,
+    decode_matches_forward,
     fused_blocks_usable,
 )
 from videopoet.lm.model import KVCache, PrefixLM
@@ -217,7 +219,9 @@ def generate(
     step = eager_step = None
     K = 1  # positions per compiled call
     if use_cache:
-        fused = fused_blocks_usable(model, R)
+        if device.type == "cpu":
+            kernels.available()  # decoding starts here: build / load the C++ kernels (once per machine)
+        fused = fused_blocks_usable(model, R) and decode_matches_forward(model, True, R)
         # with the fused blocks a compiled call decodes K positions; the last call's extra
         # positions (discarded) need room in the cache
         K_compiled = FUSED_STEPS_PER_CALL if fused and P + T_out + FUSED_STEPS_PER_CALL - 1 <= model.cfg.max_seq_len else 1

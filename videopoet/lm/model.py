@@ -178,6 +178,12 @@ class SwiGLU(nn.Module):
         return linear(F.silu(gate) * up, self.w2)
 
 
+# The block's mathematics, named. Every other implementation of a decoding step (fast_decode's
+# op-by-op step and the C++ decode_layers) states which BLOCK_ARCH it computes; change Block and
+# bump this, and they stop being used until they are updated (plus a parity check at run time).
+BLOCK_ARCH = "pre-RMSNorm / fused-QKV GQA attention / rotary (rotate-half) / SwiGLU / no biases: v1"
+
+
 class Block(nn.Module):
     def __init__(self, cfg: LMConfig):
         super().__init__()

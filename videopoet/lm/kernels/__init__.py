@@ -111,11 +111,17 @@ def _load() -> bool:
     return True
 
 
+def loaded() -> bool:
+    """Whether the kernels are built and loaded already. Never builds them: a training or
+    evaluation forward asks this, and only decoding (`generate`, `DecodeStep`) calls `available()`,
+    so the 20-40 s build happens where decoding starts, not inside some no-grad forward."""
+    return bool(_state.get("ok", False))
+
+
 def vector_width() -> int:
     """Floats per vector register the kernel uses on this CPU: 16 (AVX-512), 8 (AVX2), 0 (none,
-    or the kernels could not be built)."""
-    available()
-    return int(_state.get("width", 0))
+    or the kernels are not loaded: see `loaded`)."""
+    return int(_state.get("width", 0)) if loaded() else 0
 
 
 def usable(x: torch.Tensor, w: torch.Tensor) -> bool:
@@ -129,7 +135,7 @@ def usable(x: torch.Tensor, w: torch.Tensor) -> bool:
         and w.dtype == torch.float32
         and MIN_ROWS <= rows <= MAX_ROWS
         and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))
-        and available()
+        and loaded()
     )
 
 
