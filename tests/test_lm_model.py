@@ -267,3 +267,31 @@ def test_input_checks():
         model(torch.tensor([[VOCAB.size]]))
     with pytest.raises(ConfigError, match="n_heads"):
         LMConfig(vocab_size=10, d_model=30, n_heads=4)
+
+
+def test_text_embedding_mode_traces_without_graph_breaks():
+    cfg = LMConfig(vocab_size=300, d_model=32, n_layers=1, n_heads=4, max_seq_len=64, text_embed_dim=12)
+    m = PrefixLM(cfg)
+    ids = torch.randint(0, 300, (2, 16))
+    emb = torch.randn(2, 5, 12)
+    pos = torch.tensor([[2, 3, 4, 5, 6], [2, 3, 4, -1, -1]])
+    m.backend(ids.device)  # resolved (and logged) once, eagerly, as TrainStep does
+    out = torch._dynamo.explain(lambda i, e, p: m(i, prefix_len=8, text_embeds=e, text_positions=p))(ids, emb, pos)
+    assert out.graph_break_count == 0, out.break_reasons
+    # the embeddings land where the positions say, replacing the token embedding there
+    x = m.embed(ids)
+    with torch.no_grad():
+        proj = m.text_proj(emb)
+        h_ref = x.clone()
+        for b in range(2):
+            for n in range(5):
+                if pos[b, n] >= 0:
+                    h_ref[b, pos[b, n]] = proj[b, n]
+    captured = {}
+    def keep(mod, args):
+        captured["x"] = args[0].detach()
+
+    handle = m.layers[0].register_forward_pre_hook(keep)
+    m(ids, prefix_len=8, text_embeds=emb, text_positions=pos)
+    handle.remove()
+    torch.testing.assert_close(captured["x"], h_ref)

@@ -288,10 +288,14 @@ class PrefixLM(nn.Module):
         if text_embeds is not None:
             if self.text_proj is None:
                 raise InputError("text_embeds: this model has no text projection (text_embed_dim = 0)")
+            # scatter the projected embeddings over their <text_emb> positions with static shapes
+            # (no boolean indexing, so torch.compile traces it without graph breaks): positions
+            # outside [start, start + T) go to one spare slot that is dropped
             pos = text_positions - start
             ok = (text_positions >= 0) & (pos < T) & (pos >= 0)
-            rows = torch.arange(B, device=ids.device)[:, None].expand_as(pos)
-            x = x.index_put((rows[ok], pos[ok]), self.text_proj(text_embeds[ok]).to(x.dtype))
+            slot = torch.where(ok, pos, T)[..., None].expand(-1, -1, x.shape[-1])
+            spare = torch.cat([x, x.new_zeros(B, 1, x.shape[-1])], dim=1)
+            x = spare.scatter(1, slot, self.text_proj(text_embeds).to(x.dtype))[:, :T]
         if isinstance(prefix_len, int):
             prefix_len = torch.full((B,), prefix_len, dtype=torch.long, device=ids.device)
         if cache is not None:
