@@ -12,7 +12,7 @@ TORCH_INDEX ?=
 DEMO_OUT ?= demo_out
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-slow lint clean
+.PHONY: install demo test test-slow lint clean data-deps
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,12 @@ test: install
 
 test-slow: install
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
+
+# The offline training corpus (videopoet/data/corpus.py): photos, speech, MIDI music, sound effects.
+# Only retraining the tokenizers needs these; tests and the demo do not.
+data-deps:
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+		gnome-backgrounds mate-backgrounds espeak-ng fluidsynth fluid-soundfont-gm sound-theme-freedesktop
 
 lint: install
 	$(VENV)/bin/ruff check videopoet tests benchmarks

@@ -146,6 +146,8 @@ def test_training_learns_without_padding_and_refuses_other_vocabularies(tmp_path
     assert np.mean(list(after.values())) < np.mean(list(before.values())) - 0.3  # measured: 6.47 -> 5.6
     assert {k for k in rows[-1] if k.startswith("heldout_")} >= {"heldout_t2v", "heldout_v2a", "heldout_stylize"}
     assert (tmp_path / "run" / "model" / "vocab.json").is_file()
+    base = json.loads((tmp_path / "run" / "baselines.json").read_text())
+    assert 0 < base["unigram_visual"] < np.log(64) + 0.5 and 0 < base["unigram_audio"] < np.log(16) + 0.5
     assert (tmp_path / "run" / "logs" / "version_0" / "metrics.csv").is_file()
     with pytest.raises(ConfigError, match="vocab.json"):
         Pretrainer(load_config("train/debug", [f"data.shards={shards}", "train.model=lm/cpu"]))

@@ -317,6 +317,48 @@ def collate_examples(seqs: list[Sequence], pad_id: int) -> TrainBatch:
     return TrainBatch(b.ids, b.prefix_len, b.loss_mask, key_valid, seqs[0].task, real, 1 - real / b.ids.numel())
 
 
+def unigram_baselines(reader, train_n: dict[str, int], heldout: dict[str, tuple[int, int]]) -> dict[str, float]:
+    """Cross-entropy (nats per token) of held-out visual and audio codes under each modality's
+    unigram code distribution on the training items (add-one smoothed): what an LM that ignores
+    every condition and every earlier token would score. Audio is per level (each level has its
+    own code range in the vocabulary)."""
+    counts: dict[str, np.ndarray] = {}
+    for b, n in train_n.items():
+        for f in ("visual", "audio"):
+            if f not in reader.fields(b):
+                continue
+            for i in range(n):
+                x = reader.item(b, i)[f]
+                rows = x.reshape(1, -1) if f == "visual" else x  # audio (L, F): per level
+                for lvl, r in enumerate(rows):
+                    key = f if f == "visual" else f"audio{lvl}"
+                    c = np.bincount(r.reshape(-1), minlength=1)
+                    acc = counts.setdefault(key, np.zeros(0, np.int64))
+                    if len(c) > len(acc):
+                        acc = np.pad(acc, (0, len(c) - len(acc)))
+                    acc[: len(c)] += c
+                    counts[key] = acc
+    out: dict[str, float] = {}
+    for f in ("visual", "audio"):
+        keys = [k for k in counts if k.startswith(f)]
+        nll = tokens = 0.0
+        for key in keys:
+            for b, (lo, hi) in heldout.items():
+                if f not in reader.fields(b):
+                    continue
+                for i in range(lo, hi):
+                    x = reader.item(b, i)[f]
+                    r = x.reshape(-1) if f == "visual" else x[int(key[5:])]
+                    acc = counts[key]
+                    size = max(len(acc), int(r.max()) + 1)
+                    p = (np.pad(acc, (0, size - len(acc))) + 1.0) / (acc.sum() + size)
+                    nll += float(-np.log(p[r]).sum())
+                    tokens += r.size
+        if tokens:
+            out[f"unigram_{f}"] = nll / tokens
+    return out
+
+
 # -------------------------------------------------------------------------------------------- loop
 def _ckpt_dir_ok(p: Path) -> bool:
     return (p / "state.json").is_file()
@@ -564,6 +606,9 @@ class Pretrainer:
             self.out.mkdir(parents=True, exist_ok=True)
             save_json(to_dict(self.cfg), self.out / "train_config.json")
             loggers = _loggers(self.out)
+            if self.heldout and not (self.out / "baselines.json").is_file():
+                train_n = {b: lo for b, (lo, _) in self.heldout.items()}
+                save_json(unigram_baselines(self.reader, train_n, self.heldout), self.out / "baselines.json")
         bar = None
         if zero and t.progress:
             from tqdm import tqdm
