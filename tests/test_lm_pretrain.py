@@ -233,3 +233,20 @@ def Pretrainer_init(key):
     torch.manual_seed(0)
     model, _ = build_lm("lm/debug")
     return model.state_dict()[key]
+
+
+@pytest.mark.parametrize("name", ["debug", "cpu", "300m"])
+def test_every_training_preset_parses(name):
+    c = load_config(f"train/{name}")
+    assert sum(c.data.tasks.values()) > 0 and c.train.max_steps > 0
+    if name == "300m":
+        assert c.train.strategy == "fsdp" and c.train.devices * c.train.num_nodes == 32 and c.train.compile
+
+
+def test_init_from_starts_from_the_given_weights(tmp_path, shards):
+    a = Pretrainer(cfg(shards, tmp_path / "a", "train.max_steps=3", "train.eval_every=0"))
+    a.fit()
+    b = Pretrainer(cfg(shards, tmp_path / "b", "data.tasks={v2a: 1.0}"), init_from=tmp_path / "a")
+    for (k, x), y in zip(a.model.state_dict().items(), b.model.state_dict().values(), strict=True):
+        assert torch.equal(x, y), k
+    assert {p[0] for p in b.plan} == {"v2a"}

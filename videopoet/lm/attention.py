@@ -45,7 +45,9 @@ def resolve_backend(name: str, device_type: str) -> str:
     if name not in BACKENDS:
         raise ConfigError(f"attention: {name!r} is not one of {list(BACKENDS)}")
     if name == "auto":
-        chosen = "sdpa"
+        # CUDA: FlexAttention block masks (a prefix-LM mask is block-sparse; compiled by training's
+        # torch.compile); CPU: SDPA with the dense mask (FlexAttention has no CPU backward in 2.13)
+        chosen = "flex" if device_type == "cuda" and _has_flex() else "sdpa"
     else:
         chosen = name
     if chosen == "flex" and not _has_flex():
