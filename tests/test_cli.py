@@ -109,9 +109,12 @@ def test_docstring_args_become_help(demo_command, capsys):
 
 @pytest.mark.parametrize("module", ["videopoet", "videopoet.cli"])
 def test_module_entry_points_run_commands(module):
-    r = subprocess.run([sys.executable, "-m", module, "tokenize"], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", module, "generate"], capture_output=True, text=True)
     # a registered command runs (here: one that says it is not built yet), not "invalid choice"
     assert r.returncode == 2
-    assert r.stderr.startswith("videopoet: error: `videopoet tokenize` is not available yet"), r.stderr
+    assert r.stderr.startswith("videopoet: error: `videopoet generate` is not available yet"), r.stderr
+    r = subprocess.run([sys.executable, "-m", module, "tokenize", "--data", "shapes:1", "--out", "/nonexistent/x/y",
+                        "--part-size", "0"], capture_output=True, text=True)
+    assert r.returncode == 2 and "--batch and --part-size must be >= 1" in r.stderr, r.stderr
     r = subprocess.run([sys.executable, "-m", module, "--version"], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.startswith("videopoet ")
