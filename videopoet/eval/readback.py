@@ -2,8 +2,8 @@
 
 Hand-written probes, no learned weights, so they can score a tokenizer before any classifier exists:
 - colour and position: `videopoet.data.shapes.colour_tracks` (saturated pixels, nearest palette hue);
-- direction: the centroid's displacement over the first `DIRECTION_FRAMES` frames (objects do not
-  bounce in the first 1/8 s), snapped to the nearest of the 8 captioned directions;
+- direction: the centroid's displacement over the first `DIRECTION_FRAMES` frames, cut before the
+  first step that reverses the motion (a bounce), snapped to the nearest of the 8 directions;
 - shape (and size): the colour's pixels in the first frame where the object is seen, matched by IoU
   against the rendered silhouettes of every (shape, size) centred at the centroid;
 - tones: the energy in a +-1.5% band around each of the 24 (shape, colour) tones; the N strongest
@@ -24,7 +24,7 @@ import numpy as np
 
 from videopoet.data import shapes as S
 
-DIRECTION_FRAMES = 3  # displacement from frame 0 to frame 2
+DIRECTION_FRAMES = 5  # at most the displacement from frame 0 to frame 4 (less at a bounce)
 
 
 @dataclass
@@ -36,19 +36,25 @@ class ObjectReading:
 
 
 def _direction(track: np.ndarray) -> str | None:
+    """The captioned direction from a centroid track: the displacement summed over the first
+    frames, up to DIRECTION_FRAMES - 1 steps, stopping before a step that reverses the x or y motion
+    seen so far (a bounce), snapped to the nearest of the 8 directions."""
     ok = np.flatnonzero(np.isfinite(track[:, 0]))
     if len(ok) < 2:
         return None
-    first = ok[0]
-    later = ok[(ok > first) & (ok <= first + DIRECTION_FRAMES - 1)]
-    if not len(later):
-        return None
-    d = track[later[-1]] - track[first]
-    if np.hypot(*d) < 0.5:
+    total = np.zeros(2)
+    for a, b in zip(ok[:-1], ok[1:], strict=True):
+        if b > ok[0] + DIRECTION_FRAMES - 1 or b - a > 1:
+            break
+        step = track[b] - track[a]
+        if np.any((np.abs(total) > 1.0) & (np.sign(step) == -np.sign(total)) & (np.abs(step) > 0.5)):
+            break  # the motion reversed: a bounce
+        total = total + step
+    if np.hypot(*total) < 0.5:
         return None
     names = list(S.DIRECTION_VEC)
     vecs = np.asarray([S.DIRECTION_VEC[n] for n in names])
-    return names[int(np.argmax(vecs @ (d / np.hypot(*d))))]
+    return names[int(np.argmax(vecs @ (total / np.hypot(*total))))]
 
 
 def _coverage(shape: str, size: str, centre: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
