@@ -258,3 +258,22 @@ def format_table(result: dict[str, Any], systems: list[str]) -> str:
             cells.append(f"{v:>12.4f}" if isinstance(v, float) else f"{v:>12}")
         lines.append(f"{s:<{width}}  " + "  ".join(cells))
     return "\n".join(lines)
+
+
+def run_and_print(tok, data: str, *, audio: bool, as_json: bool, frames: int = 17, size: int = 64) -> dict[str, Any]:
+    """The `tokenizer eval` / `audio eval` commands: load the set, score, print a table or JSON."""
+    import json
+
+    es = load_eval_set(data, frames=frames, size=size, sample_rate=tok.config.sample_rate if audio else 16000, audio=audio)
+    if not es.items:
+        raise InputError(f"--data {data}: nothing usable ({len(es.skipped)} skipped)")
+    res = eval_audio_tokenizer(tok, es) if audio else eval_video_tokenizer(tok, es)
+    if as_json:
+        print(json.dumps(res, indent=1))
+        return res
+    extra = f"; codec at {res['bitrate_kbps']:.2f} kbps" if audio else ""
+    print(f"{es.description}: {res['items']} items, {res['skipped']} skipped{extra}")
+    for p, why in es.skipped:
+        print(f"  skipped {p}: {why}")
+    print(format_table(res, [k for k in res if isinstance(res[k], dict)]))
+    return res

@@ -191,21 +191,6 @@ def eval_cmd(*, data: str = "shapes:24::single", model: Path | None = None, json
         model: codec directory (default: the shipped cpu codec)
         json: print the full result as JSON instead of a table
     """
-    import json as _json
+    from videopoet.eval.tokenizer_eval import run_and_print
 
-    from videopoet.eval.tokenizer_eval import eval_audio_tokenizer, format_table, load_eval_set
-
-    tok = load_audio_tokenizer(model)
-    es = load_eval_set(data, sample_rate=tok.config.sample_rate, audio=True)
-    if not es.items:
-        from videopoet.errors import InputError
-
-        raise InputError(f"--data {data}: no usable audio ({len(es.skipped)} skipped)")
-    res = eval_audio_tokenizer(tok, es)
-    if json:
-        print(_json.dumps(res, indent=1))
-        return
-    print(f"{es.description}: {res['items']} items, {res['skipped']} skipped; codec at {res['bitrate_kbps']:.2f} kbps")
-    for p, why in es.skipped:
-        print(f"  skipped {p}: {why}")
-    print(format_table(res, [k for k in res if isinstance(res[k], dict)]))
+    run_and_print(load_audio_tokenizer(model), data, audio=True, as_json=json)

@@ -186,21 +186,7 @@ def eval_cmd(*, data: str = "shapes:40", model: Path | None = None, frames: int 
         size: square frame size (default: the model's training resolution)
         json: print the full result as JSON instead of a table
     """
-    import json as _json
-
-    from videopoet.eval.tokenizer_eval import eval_video_tokenizer, format_table, load_eval_set
+    from videopoet.eval.tokenizer_eval import run_and_print
 
     tok = load_video_tokenizer(model)
-    es = load_eval_set(data, frames=frames, size=size or tok.config.resolution)
-    if not es.items:
-        from videopoet.errors import InputError
-
-        raise InputError(f"--data {data}: no usable clips ({len(es.skipped)} skipped)")
-    res = eval_video_tokenizer(tok, es)
-    if json:
-        print(_json.dumps(res, indent=1))
-        return
-    print(f"{es.description}: {res['items']} clips, {res['skipped']} skipped")
-    for p, why in es.skipped:
-        print(f"  skipped {p}: {why}")
-    print(format_table(res, ["tokenizer", "bicubic"]))
+    run_and_print(tok, data, audio=False, as_json=json, frames=frames, size=size or tok.config.resolution)
