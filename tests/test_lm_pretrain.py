@@ -223,11 +223,11 @@ def test_ddp_on_two_cpu_processes_matches_one_process(tmp_path, shards):
     for k in w1:
         torch.testing.assert_close(w2[k], w1[k], rtol=0, atol=1e-6)
     assert json.loads((tmp_path / "two" / "ranks.json").read_text())["max_param_sum_spread"] == 0.0
-    changed = max(float((w1[k] - Pretrainer_init(k)).abs().max()) for k in list(w1)[:3])
+    changed = max(float((w1[k] - _initial_weight(k)).abs().max()) for k in list(w1)[:3])
     assert changed > 1e-4  # the runs trained
 
 
-def Pretrainer_init(key):
+def _initial_weight(key):
     from videopoet.lm.pretrained import build_lm
 
     torch.manual_seed(0)

@@ -128,9 +128,9 @@ def task_fits(task: str, bucket: str, fields: list[str]) -> bool:
         return False
     if task == "stylize" and "structure" not in fields:
         return False
-    if frames == 1 or kind == "image":
+    if frames == 1 or kind == "image":  # a still: the first frame of a video, t2i only
         return task in IMAGE_TASKS
-    return task != "frame_pred" or frames > 1
+    return True
 
 
 def examples_for(task: str, item: dict[str, Any], rng: np.random.Generator, cfg: PretrainDataConfig,
@@ -148,8 +148,7 @@ def examples_for(task: str, item: dict[str, Any], rng: np.random.Generator, cfg:
     if text is not None and any(p.name == "text" for p in TASKS[task].prefix):
         ins["text"] = text
     t, h, w = v.shape
-    if task in ("t2v", "uncond"):
-        ins.pop("text", None) if task == "uncond" else None
+    if task in ("t2v", "uncond"):  # uncond has no text part: `ins` is empty
         return ins, {"video": v}, frames
     if task == "t2i":
         return ins, {"video": v[:1]}, 1
@@ -269,12 +268,10 @@ class BucketSampler:
 class ShardExamples(torch.utils.data.Dataset):
     """Map-style dataset over (task, bucket, item, step) keys -> built sequences."""
 
-    def __init__(self, root: str, vocab: Vocabulary, cfg: PretrainDataConfig, seed: int, offset: dict[str, int] | None = None):
+    def __init__(self, root: str, vocab: Vocabulary, cfg: PretrainDataConfig, seed: int):
         from videopoet.data.shards import ShardReader
 
         self.root, self.vocab, self.cfg, self.seed = root, vocab, cfg, seed
-        self.offset = offset or {}
-        self._reader = None
         self.reader = ShardReader(root)
 
     def __getstate__(self):  # workers reopen the memmaps
