@@ -61,7 +61,7 @@ def _scaled(n: int, sample_rate: int) -> int:
 
 
 def mel_distance(ref, est, sample_rate: int = 16000, n_mels: int = 64) -> float:
-    from videopoet.tokenizers.audio_losses import MelSpectrogram
+    from videopoet.signal import MelSpectrogram
 
     r, e = _pair(ref, est)
     n_fft = _scaled(1024, sample_rate)
@@ -72,7 +72,7 @@ def mel_distance(ref, est, sample_rate: int = 16000, n_mels: int = 64) -> float:
 
 
 def log_mel_l1(ref, est, sample_rate: int = 16000, n_fft: int = 1024, hop: int = 256, n_mels: int = 64) -> float:
-    from videopoet.tokenizers.audio_losses import mel_filterbank, stft
+    from videopoet.signal import mel_filterbank, stft
 
     r, e = _pair(ref, est)
     fb = mel_filterbank(sample_rate, n_fft, n_mels, 0.0, sample_rate / 2).double()
@@ -85,7 +85,7 @@ def log_mel_l1(ref, est, sample_rate: int = 16000, n_fft: int = 1024, hop: int =
 
 
 def stft_distance(ref, est, sample_rate: int = 16000) -> float:
-    from videopoet.tokenizers.audio_losses import magnitude, stft
+    from videopoet.signal import magnitude, stft
 
     r, e = _pair(ref, est)
     total = 0.0
