@@ -71,4 +71,14 @@ def _tokenizer_round_trip(clip, path: Path) -> None:
     print(f"shipped tokenizers on clip 0: video -> {tuple(vcodes.shape[1:])} tokens, PSNR {psnr(x, x_hat):.1f} dB, "
           f"SSIM {ssim(x, x_hat):.3f}; audio -> {tuple(acodes.shape[1:])} tokens, "
           f"mel distance {mel_distance(a[..., : a_hat.shape[-1]], a_hat, atok.sample_rate):.3f}")
+    from videopoet.eval.readback import read_objects, read_tones
+
+    def objects(v):
+        got = read_objects(v)
+        return ", ".join(f"{c} {o.shape or '?'} {o.direction or '?'}" for c, o in sorted(got.items())) or "nothing"
+
+    n = len(clip.attributes["objects"])
+    tones = lambda w: ", ".join(f"{c} {s}" for s, c in sorted(read_tones(w, atok.sample_rate, n)))  # noqa: E731
+    print(f"read back from the original:   {objects(clip.video)}; tones: {tones(clip.audio[0])}")
+    print(f"read back from the round trip: {objects(tensor_to_video(x_hat))}; tones: {tones(a_hat[0, 0].numpy())}")
     print(f"reconstruction (original | decoded, with decoded sound): {path}")
