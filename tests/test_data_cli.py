@@ -136,3 +136,6 @@ def test_quickstart_writes_clips_with_audio_and_a_contact_sheet(tmp_path, capsys
     m = re.search(r"video -> \(5, 16, 16\) tokens, PSNR ([\d.]+) dB, SSIM ([\d.]+); audio -> \(4, 106\) tokens", printed)
     assert m, printed
     assert float(m.group(1)) > 20 and float(m.group(2)) > 0.6  # shipped model: 23.0 dB, 0.819
+    # what the probes read from clip 0 itself: its ground truth (a medium blue diamond up-left, a small red triangle right)
+    assert "read back from the original:   blue diamond up-left, red triangle right; tones: blue diamond, red triangle" in printed
+    assert "read back from the round trip: " in printed
