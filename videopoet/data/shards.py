@@ -114,7 +114,7 @@ def merge_index(root: str | Path, extra: dict[str, Any] | None = None) -> dict[s
             e["parts"].append([p.name, n])
             e["items"] += n
     index = {"version": INDEX_VERSION, "buckets": buckets, **(extra or {})}
-    tmp = root / ".index.json.tmp"
+    tmp = root / f".index.json.{os.getpid()}.tmp"  # one per process: ranks may merge at the same time
     tmp.write_text(json.dumps(index, indent=1))
     os.replace(tmp, root / "index.json")
     return index
