@@ -181,7 +181,7 @@ def test_lm_vocabulary_reads_sizes_from_these_tokenizers(tiny_t5):
     video = SimpleNamespace(vocab_size=1024)
     audio = load_audio_tokenizer()
     v = Vocabulary.from_tokenizers(video, audio, default_text_tokenizer())
-    assert (v.audio_levels, v.audio_codes, v.text_size) == (4, 256, default_text_tokenizer().vocab_size)
-    assert v.audio_level_range(1) == (v.audio_offset + 256, v.audio_offset + 512)
+    assert (v.audio_levels, v.audio_codes, v.text_size) == (4, 1024, default_text_tokenizer().vocab_size)
+    assert v.audio_level_range(1) == (v.audio_offset + 1024, v.audio_offset + 2048)
     emb = Vocabulary.from_tokenizers(video, audio, TextEmbedder(tiny_t5))  # embedding mode: no text ids
     assert emb.text_size == 0
