@@ -534,8 +534,8 @@ class Pretrainer:
     def save_checkpoint(self, loader_state: dict[str, Any]) -> Path:
         from safetensors.torch import save_file
 
+        from videopoet.checkpoint import optimizer_to_tensors
         from videopoet.lm.pretrained import save_lm
-        from videopoet.tokenizers.video_train import _optim_to_tensors
 
         final = self.ckpt_root / f"step_{self.step:07d}"
         if self.fabric.is_global_zero:
@@ -543,7 +543,7 @@ class Pretrainer:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
             save_lm(tmp / "model", self.model, self.vocab)
-            tensors, meta = _optim_to_tensors(self.opt)
+            tensors, meta = optimizer_to_tensors(self.opt)
             save_file(tensors, str(tmp / "optimizer.safetensors"))
             save_file({"torch": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
             save_json({"step": self.step, "elapsed": self.elapsed, "skipped_steps": self.skipped_steps,
@@ -564,8 +564,7 @@ class Pretrainer:
     def load_checkpoint(self, p: Path) -> dict[str, Any]:
         from safetensors.torch import load_file
 
-        from videopoet.checkpoint import load_model_dir, load_state_strict
-        from videopoet.tokenizers.video_train import _optim_from_tensors
+        from videopoet.checkpoint import load_model_dir, load_state_strict, optimizer_from_tensors
 
         meta = json.loads((p / "state.json").read_text())
         saved = meta["config"]
@@ -575,7 +574,7 @@ class Pretrainer:
         Vocabulary.load(p / "model" / "vocab.json").check_same(self.vocab, f"{p}/model/vocab.json", "this run's vocabulary")
         _, state = load_model_dir(p / "model", kind="LM")
         load_state_strict(self.model, state, where=str(p / "model"))
-        _optim_from_tensors(self.opt, load_file(str(p / "optimizer.safetensors")), meta["optimizer"])
+        optimizer_from_tensors(self.opt, load_file(str(p / "optimizer.safetensors")), meta["optimizer"])
         torch.set_rng_state(load_file(str(p / "rng.safetensors"))["torch"])
         self.step, self.elapsed, self.skipped_steps = int(meta["step"]), float(meta["elapsed"]), int(meta["skipped_steps"])
         return meta["loader"]
@@ -728,8 +727,8 @@ def _loss_fn(compile: bool):
 
     def f(model, ids, prefix_len, key_valid, loss_mask, start):
         h = model(ids, prefix_len=prefix_len, key_valid=key_valid)
-        inner = model.module if hasattr(model, "module") else model
-        return masked_lm_loss(getattr(inner, "_forward_module", inner), h, ids, loss_mask, start)
+        # the head is read from the unwrapped PrefixLM (Fabric's wrapper keeps it as .module)
+        return masked_lm_loss(getattr(model, "module", model), h, ids, loss_mask, start)
 
     return torch.compile(f) if compile else f
 

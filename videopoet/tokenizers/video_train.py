@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from videopoet.checkpoint import optimizer_from_tensors, optimizer_to_tensors
 from videopoet.config import apply_overrides, from_dict, load_yaml, save_json, to_dict
 from videopoet.errors import ConfigError, VideoPoetError
 from videopoet.eval.video_metrics import ReconstructionMeter, psnr
@@ -309,27 +310,6 @@ def _with_mask(v: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     return np.concatenate([v, m], -1)
 
 
-# ------------------------------------------------------------------------------ optimizer <-> disk
-def _optim_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    sd = opt.state_dict()
-    tensors, scalars = {}, {}
-    for pid, st in sd["state"].items():
-        for k, v in st.items():
-            if isinstance(v, torch.Tensor):
-                tensors[f"{pid}.{k}"] = v.detach().cpu().contiguous()
-            else:
-                scalars[f"{pid}.{k}"] = v
-    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
-
-
-def _optim_from_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-    state: dict[int, dict[str, Any]] = {}
-    for key, v in list(tensors.items()) + list(meta["scalars"].items()):
-        pid, name = key.split(".", 1)
-        state.setdefault(int(pid), {})[name] = v
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-
-
 # ------------------------------------------------------------------------------------------- loop
 class TokenizerTrainer:
     """Holds the models, optimizers and the step; `fit()` trains to max_steps, resuming if asked."""
@@ -462,7 +442,7 @@ class TokenizerTrainer:
                   str(tmp / "discriminator.safetensors"))
         meta = {"step": self.step, "elapsed": self.elapsed, "config": to_dict(self.cfg)}
         for name, opt in (("optim_g", self.opt_g), ("optim_d", self.opt_d)):
-            tensors, m = _optim_to_tensors(opt)
+            tensors, m = optimizer_to_tensors(opt)
             save_file(tensors, str(tmp / f"{name}.safetensors"))
             meta[name] = m
         save_file({"torch": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
@@ -495,7 +475,7 @@ class TokenizerTrainer:
         self.disc.load_state_dict({k[5:]: v for k, v in ds.items() if k.startswith("disc.")})
         self.lecam.load_state_dict({k[6:]: v for k, v in ds.items() if k.startswith("lecam.")})
         for name, opt in (("optim_g", self.opt_g), ("optim_d", self.opt_d)):
-            _optim_from_tensors(opt, load_file(str(p / f"{name}.safetensors")), meta[name])
+            optimizer_from_tensors(opt, load_file(str(p / f"{name}.safetensors")), meta[name])
         torch.set_rng_state(load_file(str(p / "rng.safetensors"))["torch"])
         self.step, self.elapsed = int(meta["step"]), float(meta["elapsed"])
 
