@@ -182,3 +182,56 @@ def test_every_attention_backend_generates_the_same_tokens():
         other.load_state_dict(base.state_dict())
         assert torch.equal(generate(other, p, temperature=0), expected), backend
         assert torch.equal(generate(other, p, temperature=0, use_cache=False), expected_full), backend
+
+
+def test_pinned_output_codes_are_kept_and_the_rest_samples_as_before():
+    from videopoet.lm.generate import generate, make_prompt
+    from videopoet.lm.sequence import build_sequence, output_codes
+    from videopoet.lm.pretrained import build_lm
+
+    torch.manual_seed(0)
+    model, vocab = build_lm("debug")
+    model.eval()
+    text = torch.tensor([5, 6, 7])
+    free = build_sequence(vocab, "t2v", {"text": text}, {"video": (2, 3, 3)})
+    want = torch.full((2, 3, 3), -1)
+    want[0] = torch.arange(9).reshape(3, 3) % vocab.visual_size  # frame 0 pinned (as in i2v)
+    want[1, 1, 1] = 7  # and one code of frame 1
+    pinned = build_sequence(vocab, "t2v", {"text": text}, {"video": want})
+    assert pinned.known is not None and int(pinned.known[pinned.prefix_len :].sum()) == 10 + 2  # + <eov_o><eos>
+    assert torch.equal(free.legal, pinned.legal)
+    kw = dict(temperature=1.0, seed=3, pad_id=vocab.pad_id)
+    both_free = output_codes(vocab, free, generate(model, make_prompt([free, free], vocab.pad_id), **kw))["video"]
+    p = make_prompt([pinned, free], vocab.pad_id)  # row 1 has nothing pinned
+    assert p.forced is not None and int((p.forced[1] >= 0).sum()) == 0
+    out = output_codes(vocab, pinned, generate(model, p, **kw))["video"]
+    assert torch.equal(out[0][want >= 0], want[want >= 0])
+    # rows are independent and draw the same uniforms: the free row is what it is without pinning
+    assert torch.equal(out[1], both_free[1]) and not torch.equal(out[0], both_free[0])
+    with pytest.raises(InputError, match="compile=True"):
+        generate(model, p, compile=True, **kw)
+
+
+def test_sub_token_guidance_with_equal_scales_picks_what_one_scale_picks():
+    vocab = Vocabulary(visual_bits=6, audio_levels=0, text_size=16)
+    torch.manual_seed(0)
+    model = PrefixLM(LMConfig(vocab_size=vocab.size, d_model=32, n_layers=1, n_heads=2, max_seq_len=64,
+                              factorized_visual=True, visual_bits=6, visual_offset=vocab.visual_offset)).eval()
+    s = build_sequence(vocab, "t2v", {"text": torch.tensor([1, 2, 3])}, {"video": (1, 3, 3)})
+    u = build_sequence(vocab, "t2v", {}, {"video": (1, 3, 3)})
+    prompt, uncond = make_prompt([s], vocab.pad_id), make_prompt([u], vocab.pad_id)
+    kw = dict(uncond=uncond, temperature=0, pad_id=vocab.pad_id, compile=False)
+    one = generate(model, prompt, guidance_scale=3.0, **kw)
+    two = generate(model, prompt, guidance_scale=(3.0, 3.0), **kw)
+    # greedy: the argmax of a sum of independent factors is the pair of the factors' argmaxes
+    assert torch.equal(one, two)
+    ramp = generate(model, prompt, guidance_scale=3.0, guidance_ramp=True, **kw)
+    first = generate(model, prompt, guidance_scale=1.0, **kw)
+    assert int(ramp[0, 0]) == int(first[0, 0])  # the ramp starts at scale 1
+    sampled = generate(model, prompt, guidance_scale=(3.0, 1.5), temperature=1.0, seed=0, uncond=uncond,
+                       pad_id=vocab.pad_id)
+    lo, hi = vocab.visual_range()
+    assert bool(((sampled[0, :9] >= lo) & (sampled[0, :9] < hi)).all())
+    debug = PrefixLM(LMConfig(vocab_size=vocab.size, d_model=32, n_layers=1, n_heads=2, max_seq_len=64)).eval()
+    with pytest.raises(InputError, match="sub-token scales"):
+        generate(debug, prompt, uncond=uncond, guidance_scale=(2.0, 2.0))

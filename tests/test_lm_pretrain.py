@@ -250,3 +250,27 @@ def test_init_from_starts_from_the_given_weights(tmp_path, shards):
     for (k, x), y in zip(a.model.state_dict().items(), b.model.state_dict().values(), strict=True):
         assert torch.equal(x, y), k
     assert {p[0] for p in b.plan} == {"v2a"}
+
+
+def test_frame_prediction_examples_carry_text_anchor_and_a_noisy_context():
+    from videopoet.lm.pretrain import PretrainDataConfig, examples_for
+
+    v = np.arange(5 * 4 * 4, dtype=np.int32).reshape(5, 4, 4)  # every code distinct
+    item = {"visual": v, "text": np.array([3, 4, 5], np.int32), "meta": {"frames": 17}}
+    clean = PretrainDataConfig(frame_pred_context=2)
+    ins, outs, frames = examples_for("frame_pred", item, np.random.default_rng(0), clean, {"anchor": True})
+    assert sorted(ins) == ["anchor", "context", "text"] and frames == 17
+    assert torch.equal(ins["anchor"], torch.from_numpy(v[:1])) and torch.equal(ins["context"], torch.from_numpy(v[:2]))
+    assert torch.equal(outs["video"], torch.from_numpy(v[2:]))
+    ins, _, _ = examples_for("frame_pred", item, np.random.default_rng(0), clean, {"drop_text": True})
+    assert sorted(ins) == ["context"]
+    noisy = PretrainDataConfig(frame_pred_context=2, frame_pred_noise=0.6)
+    changed = []
+    for seed in range(20):
+        ins, outs, _ = examples_for("frame_pred", item, np.random.default_rng(seed), noisy, {"anchor": True})
+        ctx = ins["context"]
+        changed.append(float((ctx != torch.from_numpy(v[:2])).float().mean()))
+        assert int(ctx.min()) >= 0 and int(ctx.max()) < v.size  # replacements are codes of the clip
+        assert torch.equal(ins["anchor"], torch.from_numpy(v[:1])) and torch.equal(outs["video"], torch.from_numpy(v[2:]))
+    # the share replaced is drawn per item from U(0, 0.6): mean ~0.3 (a few replacements draw the same code)
+    assert 0.15 < np.mean(changed) < 0.4 and max(changed) > 0.3 and min(changed) < 0.15

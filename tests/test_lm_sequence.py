@@ -113,7 +113,7 @@ def _example(task, embed=False, g=None):
     masked = vis(2, 3, 3)
     masked[:, 1:, 1:] = -1
     all_inputs = {
-        "text": text, "first_frame": vis(1, 3, 3), "context": vis(1, 3, 3), "masked": masked,
+        "text": text, "first_frame": vis(1, 3, 3), "anchor": vis(1, 3, 3), "context": vis(1, 3, 3), "masked": masked,
         "structure": vis(2, 3, 3), "video": vis(2, 3, 3), "audio": aud(4),
     }  # fmt: skip
     spec = TASKS[task]
@@ -218,7 +218,7 @@ def test_lm_preset_vocab_matches_the_tokenizer_presets(name):
     assert vocab == load_preset(name)[0]
 
 
-@pytest.mark.parametrize("name,frames", [("cpu", (17,)), ("300m", (17, 41)), ("1b", (17, 41)), ("8b", (17, 41))])
+@pytest.mark.parametrize("name,frames", [("cpu", (17,)), ("small", (17,)), ("300m", (17, 41)), ("1b", (17, 41)), ("8b", (17, 41))])
 def test_presets_fit_every_task(name, frames):
     """max_seq_len covers the longest task the preset serves: 5 x 16 x 16 latents for 17 frames
     (64x64 at 4x, 128x128 at 8x), 11 x 16 x 16 for 41; 2.125 s of audio per 17 frames (106 codec
@@ -233,7 +233,7 @@ def test_presets_fit_every_task(name, frames):
         video = torch.zeros(t, 16, 16, dtype=torch.long)
         first = torch.zeros(1, 16, 16, dtype=torch.long)
         audio = torch.zeros(vocab.audio_levels, round(106 * n / 17), dtype=torch.long)
-        ins = {"text": text, "first_frame": first, "context": video[:2], "masked": video, "structure": video,
+        ins = {"text": text, "first_frame": first, "anchor": first, "context": video[:2], "masked": video, "structure": video,
                "video": video, "audio": audio}
         for task, spec in TASKS.items():
             if n > 17 and task not in ("t2v", "i2v", "frame_pred"):

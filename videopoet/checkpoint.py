@@ -3,6 +3,12 @@
 Every model (video tokenizer, audio tokenizer, LM) is saved and loaded through these two functions
 so that loading errors read the same everywhere and name the directory and the missing file.
 No pickles: configs are JSON, weights are safetensors.
+
+`dtype=torch.int8` stores weight-only int8: every floating tensor of >= INT8_MIN_NUMEL elements and
+>= 2 dimensions as int8 codes plus one float16 scale per row (dim 0: an output channel, an
+embedding row), symmetric, round to nearest (`NAME` + `NAME::scale`); the rest as float16.
+Loading dequantizes to float32, so a model runs as before (about half the size of float16; the
+embedded LM's held-out loss changes by a measured ~0.1%, benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -19,6 +25,20 @@ from videopoet.io_utils import atomic_path
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+INT8_MIN_NUMEL = 4096
+SCALE_SUFFIX = "::scale"
+
+
+def quantize_int8(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-row int8: v (rows, ...) -> (codes int8, scale float16 (rows,))."""
+    rows = v.float().reshape(v.shape[0], -1)
+    scale = (rows.abs().amax(dim=1) / 127).clamp_min(1e-12).half()
+    q = torch.round(rows / scale.float()[:, None]).clamp_(-127, 127).to(torch.int8)
+    return q.reshape(v.shape), scale
+
+
+def dequantize_int8(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return (q.float().reshape(q.shape[0], -1) * scale.float()[:, None]).reshape(q.shape)
 
 
 def save_model_dir(
@@ -29,13 +49,20 @@ def save_model_dir(
     dtype: torch.dtype | None = None,
 ) -> Path:
     """Save `config` and `state_dict` into `directory` (created). `dtype` casts floating tensors
-    (e.g. float16 to keep shipped weights small)."""
+    (float16 to keep shipped weights small; int8: weight-only int8, see the module docstring)."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     tensors = {}
     for k, v in state_dict.items():
+        if SCALE_SUFFIX in k:
+            raise VideoPoetError(f"save_model_dir: parameter name {k!r} contains {SCALE_SUFFIX!r}")
         v = v.detach().cpu()
-        if dtype is not None and v.is_floating_point():
+        if dtype == torch.int8 and v.is_floating_point():
+            if v.dim() >= 2 and v.numel() >= INT8_MIN_NUMEL:
+                v, tensors[k + SCALE_SUFFIX] = quantize_int8(v)
+            else:
+                v = v.half()
+        elif dtype is not None and v.is_floating_point():
             v = v.to(dtype)
         tensors[k] = v.contiguous().clone()  # clone: safetensors refuses shared storage
     with atomic_path(d / WEIGHTS_NAME) as tmp:
@@ -59,6 +86,12 @@ def load_model_dir(directory: str | Path, kind: str = "model") -> tuple[dict[str
         state = load_file(str(d / WEIGHTS_NAME))
     except Exception as e:  # safetensors raises its own error types for corrupt files
         raise VideoPoetError(f"{d / WEIGHTS_NAME}: cannot read weights ({e})") from None
+    for k in [k for k in state if k.endswith(SCALE_SUFFIX)]:
+        name = k[: -len(SCALE_SUFFIX)]
+        q, scale = state.get(name), state.pop(k)
+        if q is None or q.dtype != torch.int8 or scale.shape != (q.shape[0],):
+            raise VideoPoetError(f"{d / WEIGHTS_NAME}: {k} has no matching int8 tensor {name!r}")
+        state[name] = dequantize_int8(q, scale)
     return config, state
 
 

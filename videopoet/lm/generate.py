@@ -67,6 +67,7 @@ class Prompt:
     legal: torch.Tensor  # (T_out, 2) [lo, hi) per generated position, shared by all rows
     text_embeds: torch.Tensor | None = None  # (B, N, D)
     text_positions: torch.Tensor | None = None  # (B, N), -1 = none
+    forced: torch.Tensor | None = None  # (B, T_out) ids pinned per row, -1 = sample (None: none pinned)
 
     @property
     def batch(self) -> int:
@@ -90,7 +91,13 @@ def make_prompt(seqs: Seq[Sequence], pad_id: int) -> Prompt:
         ids[b, P - s.prefix_len :] = s.ids[: s.prefix_len]
         valid[b, P - s.prefix_len :] = True
     emb, pos = stack_text_embeds(list(seqs), offsets=[P - s.prefix_len for s in seqs])
-    return Prompt(ids, valid, legal.clone(), emb, pos)
+    forced = torch.full((len(seqs), legal.shape[0]), -1, dtype=torch.long)
+    free = legal[:, 1] - legal[:, 0] > 1  # marker positions are forced by their legal range already
+    for b, s in enumerate(seqs):
+        if s.known is not None:
+            k = s.known[s.prefix_len :] & free
+            forced[b, k] = s.ids[s.prefix_len :][k]
+    return Prompt(ids, valid, legal.clone(), emb, pos, forced if bool((forced >= 0).any()) else None)
 
 
 def _join(a: Prompt, b: Prompt, pad_id: int) -> Prompt:
@@ -118,7 +125,7 @@ def _join(a: Prompt, b: Prompt, pad_id: int) -> Prompt:
             embs.append(e)
             poss.append(p)
         emb, pos = torch.cat(embs), torch.cat(poss)
-    return Prompt(ids, valid, a.legal, emb, pos)
+    return Prompt(ids, valid, a.legal, emb, pos, a.forced)
 
 
 def sample_logits(
@@ -152,7 +159,8 @@ def generate(
     prompt: Prompt,
     *,
     uncond: Prompt | None = None,
-    guidance_scale: float = 1.0,
+    guidance_scale: float | tuple[float, float] = 1.0,
+    guidance_ramp: bool = False,
     temperature: float = 1.0,
     top_k: int = 0,
     top_p: float = 1.0,
@@ -166,16 +174,28 @@ def generate(
     """Generate the positions described by `prompt.legal` -> ids (B, T_out).
 
     uncond: the unconditional prompt (same rows, e.g. text dropped) for classifier-free guidance
-    with `guidance_scale`; use_cache=False recomputes the whole sequence each step (reference /
-    benchmark only). compile: True/False, or None = only when it pays (see the module docstring);
-    it applies to cached decoding only. logits_hook(t, logits): called with the (guided) logits
-    (B, hi - lo) of every sampled position t, before temperature and filtering.
+    with `guidance_scale`: one scale, or (high, low) scales for the two sub-tokens of a factorized
+    visual head (each factor guided and sampled on its own: the joint distribution of the
+    factorized head is their product, so equal scales give the same distribution as one scale;
+    top-k / top-p then filter each factor). guidance_ramp: the scale grows linearly from 1 at the
+    first generated position to the given value at the last. `prompt.forced` pins ids per row
+    (inpainting's unmasked codes, i2v's first frame, an output prefix): those positions are fed
+    the pinned id and their uniform is drawn but unused, so the other positions sample as they
+    would. use_cache=False recomputes the whole sequence each step (reference / benchmark only).
+    compile: True/False, or None = only when it pays (see the module docstring); it applies to
+    cached decoding with one guidance scale, no ramp and nothing pinned. logits_hook(t, logits):
+    called with the (guided) logits (B, hi - lo) of every sampled position t, before temperature
+    and filtering.
     """
     if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
         raise InputError(
             f"sampling: need temperature >= 0, 0 < top_p <= 1, top_k >= 0 (got {temperature}, {top_p}, {top_k})"
         )
     B = prompt.batch
+    pair = isinstance(guidance_scale, (tuple, list))
+    if pair and (len(guidance_scale) != 2 or not model.n_visual):
+        raise InputError("guidance_scale: (high, low) sub-token scales need a factorized visual head and two values")
+    simple = not pair and not guidance_ramp and prompt.forced is None  # the compiled step's case
     if uncond is not None and uncond.batch != B:
         raise InputError(f"uncond: {uncond.batch} rows, the prompt has {B}")
     rows = _join(prompt, uncond, pad_id) if uncond is not None else prompt
@@ -196,24 +216,44 @@ def generate(
         gen = torch.Generator(device=device)
         gen.manual_seed(seed)
     greedy = temperature == 0
-    temp_t, scale_t = _as_tensor(temperature, device), _as_tensor(guidance_scale, device)
+    scales = tuple(float(g) for g in guidance_scale) if pair else (float(guidance_scale),) * 2
+    temp_t, scale_t = _as_tensor(temperature, device), _as_tensor(scales[0], device)
+    forced = prompt.forced.to(device) if prompt.forced is not None else None
+    pinned = [False] * T_out if forced is None else (forced >= 0).all(0).tolist()  # whole column pinned
+    vis_lo = model.cfg.visual_offset
+    vis_range = (vis_lo, vis_lo + model.n_visual) if model.n_visual else None
     how = Sampling(batch=B, guided=uncond is not None, greedy=greedy, top_k=top_k, top_p=float(top_p))
 
     # one uniform per row and position, sampled or forced, drawn up front: the same stream on
     # every path (eager, compiled, with or without a cache)
     u_all = None if greedy else torch.rand(T_out, B, generator=gen, device=device)
     us = [None] * T_out if greedy else u_all.unbind(0)
+    u_lo = None if greedy or not pair else torch.rand(T_out, B, generator=gen, device=device).unbind(0)
+
+    def scale_at(t, k):
+        g = scales[k]
+        return 1 + (g - 1) * t / max(1, T_out - 1) if guidance_ramp else g
 
     def eager_token(h, t, u):  # the token of position t from hidden states h (R, d), eagerly
         lo, hi = legal[t]
         if hi - lo == 1:
             return torch.full((B,), lo, dtype=torch.long, device=device)
-        logits = model.logits(h, lo, hi)
-        if uncond is not None:
-            logits = guided_logits(logits[:B], logits[B:], guidance_scale)
-        if logits_hook is not None:
-            logits_hook(t, logits)
-        return pick(logits, u, temp_t, top_k, top_p) + lo
+        if pinned[t]:
+            return forced[:, t]
+        if pair and (lo, hi) == vis_range and logits_hook is None:  # factor by factor
+            lh, ll = model.visual_factor_logits(h)
+            if uncond is not None:
+                lh, ll = guided_logits(lh[:B], lh[B:], scale_at(t, 0)), guided_logits(ll[:B], ll[B:], scale_at(t, 1))
+            code = pick(lh, u, temp_t, top_k, top_p) << model.lo_bits | pick(ll, u_lo[t] if u_lo else None, temp_t, top_k, top_p)
+            tok = code + lo
+        else:
+            logits = model.logits(h, lo, hi)
+            if uncond is not None:
+                logits = guided_logits(logits[:B], logits[B:], scale_at(t, 0))
+            if logits_hook is not None:
+                logits_hook(t, logits)
+            tok = pick(logits, u, temp_t, top_k, top_p) + lo
+        return tok if forced is None else torch.where(forced[:, t] >= 0, forced[:, t], tok)
 
     kw = dict(prefix_len=P, key_valid=valid, text_embeds=emb, text_positions=pos)
     step = eager_step = None
@@ -228,7 +268,9 @@ def generate(
         L = cache_len(P + T_out + K_compiled - 1, model.cfg.max_seq_len)
         key = (id(model), R, L, how)
         if compile is None:
-            compile = key in _compiled_keys or (T_out >= AUTO_COMPILE_STEPS and not fused)
+            compile = simple and (key in _compiled_keys or (T_out >= AUTO_COMPILE_STEPS and not fused))
+        if compile and not simple:
+            raise InputError("compile=True: the compiled step takes one guidance scale, no ramp and no pinned ids")
         cache = KVCache(model.cfg, R, L if compile else P + T_out, device=device, dtype=dtype)
         h = model(ids, cache=cache, **kw)[:, -1]
         if compile and T_out > 1:

@@ -340,6 +340,14 @@ class PrefixLM(nn.Module):
             parts.append(linear(h, W[max(lo, ve) - self.n_visual : hi - self.n_visual]))
         return torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
 
+    def visual_factor_logits(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The factorized visual head's two factors for h (..., d): (high-bit logits, low-bit
+        logits); the logit of code c = hi << lo_bits | lo is their sum."""
+        if not self.n_visual:
+            raise InputError("visual_factor_logits: this model has no factorized visual head")
+        lh, ll = linear(h, self.vis_head).split([1 << self.hi_bits, 1 << self.lo_bits], dim=-1)
+        return lh, ll
+
     def token_nll(self, h: torch.Tensor, targets: torch.Tensor, dense: bool = False) -> torch.Tensor:
         """Negative log-likelihood of `targets` (N,) under hidden states h (N, d) -> (N,).
 

@@ -62,6 +62,10 @@ class PretrainDataConfig:
     heldout_items: int = 8  # the last items of every bucket are kept for evaluation
     num_workers: int = 0
     frame_pred_context: int = 2  # latent frames given as context in frame prediction
+    # frame prediction: up to this share of the context codes is replaced by random codes (the
+    # share drawn per item from U(0, max)), so the model learns to continue a drifted context and
+    # to lean on the clean anchor frame (given to half of the steps) -- long-video drift control
+    frame_pred_noise: float = 0.0
     length_group: int = 8  # text tasks: items are grouped by caption length in groups of this many batches
 
     def __post_init__(self):
@@ -156,7 +160,14 @@ def examples_for(task: str, item: dict[str, Any], rng: np.random.Generator, cfg:
         return {**ins, "first_frame": v[:1]}, {"video": v}, frames
     if task == "frame_pred":
         k = min(cfg.frame_pred_context, t - 1)
-        return {"context": v[:k]}, {"video": v[k:]}, frames
+        ctx = v[:k].clone()
+        if cfg.frame_pred_noise > 0:  # a drifting context: a random share of its codes replaced
+            rate = float(rng.uniform(0, cfg.frame_pred_noise))
+            hit = torch.from_numpy(rng.random(tuple(ctx.shape)) < rate)
+            pick = torch.from_numpy(rng.integers(0, v.numel(), size=tuple(ctx.shape)))
+            ctx = torch.where(hit, v.reshape(-1)[pick], ctx)  # codes of the same clip: plausible
+        anchor = {"anchor": v[:1]} if flags.get("anchor") else {}  # the clean first frame
+        return {**ins, **anchor, "context": ctx}, {"video": v[k:]}, frames
     if task in ("inpaint", "outpaint"):
         m = v.clone()
         if task == "inpaint":  # a random box, through all latent frames
@@ -234,7 +245,8 @@ class BucketSampler:
         k = int(rng.choice(len(self.plan), p=self._weights(step)))
         task, group, _, batch = self.plan[k]
         has_text = any(p.name == "text" for p in TASKS[task].prefix)
-        flags = {"drop_text": bool(has_text and rng.random() < self.text_dropout), "first_frame": bool(rng.random() < 0.5)}
+        flags = {"drop_text": bool(has_text and rng.random() < self.text_dropout), "first_frame": bool(rng.random() < 0.5),
+                 "anchor": bool(rng.random() < 0.5)}
         return task, group, batch, flags
 
     def __iter__(self):
@@ -428,7 +440,7 @@ class Pretrainer:
             total = sum(train_n[b] for b in fits)
             has_text = any(p.name == "text" for p in TASKS[task].prefix)
             for b in fits:
-                probe = build_example(self.vocab, task, self.reader.item(b, 0), rng, d, {"first_frame": True})
+                probe = build_example(self.vocab, task, self.reader.item(b, 0), rng, d, {"first_frame": True, "anchor": True})
                 if len(probe) > self.model.cfg.max_seq_len:
                     raise ConfigError(f"task {task} on bucket {b}: sequences of {len(probe)} tokens exceed the model's "
                                       f"max_seq_len {self.model.cfg.max_seq_len}")

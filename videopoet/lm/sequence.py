@@ -10,7 +10,10 @@ One function for training and generation. `build_sequence(vocab, task, inputs, o
             (written as `<mask>`, for inpainting/outpainting); flattened in row-major order;
   audio  -> LongTensor (L, F), values in [0, A), flattened level-major.
 - `outputs[name]` for each output part: the codes (training), or only their shape (generation:
-  the positions are filled with `<pad>` and `legal` says which ids may be sampled there).
+  the positions are filled with `<pad>` and `legal` says which ids may be sampled there), or
+  partial codes with -1 where the LM is to write (generation with pinned tokens: inpainting keeps
+  the unmasked codes, image-to-video its first frame, any task a given output prefix); `known`
+  marks the output positions whose ids are given.
 
 Returns a `Sequence` with ids (T,), prefix_len (everything up to and including the first output
 begin token; it attends bidirectionally), loss_mask (T,) over target tokens (outputs only),
@@ -64,6 +67,7 @@ class Sequence:
     outputs: list[Segment] = field(default_factory=list)
     text_embeds: torch.Tensor | None = None  # (n, D)
     text_positions: torch.Tensor | None = None  # (n,) long
+    known: torch.Tensor | None = None  # (T,) bool: output codes given (pinned) rather than to generate
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
@@ -104,11 +108,16 @@ def _check_codes(x: torch.Tensor, high: int, name: str, allow_masked: bool = Fal
     return x.long()
 
 
-def _visual(w: _Writer, vocab: Vocabulary, codes: torch.Tensor, name: str, masked: bool) -> None:
+def _visual(w: _Writer, vocab: Vocabulary, codes: torch.Tensor, name: str, masked: bool,
+            partial: bool = False) -> None:
     codes = _check_codes(codes, vocab.visual_size, name, allow_masked=True)
-    if not masked and codes.numel() and int(codes.min()) < 0:
+    if not (masked or partial) and codes.numel() and int(codes.min()) < 0:
         raise InputError(f"{name}: masked codes (-1) are only allowed in a task's masked input")
     flat = codes.reshape(-1)
+    if partial:  # an output: -1 = to generate (<pad>, any visual code legal), else pinned
+        lo, hi = vocab.visual_range()
+        w.tokens(torch.where(flat < 0, vocab.pad_id, flat + vocab.visual_offset), Mod.VISUAL, lo, hi)
+        return
     mask_id = vocab.id("<mask>")
     ids = torch.where(flat < 0, torch.full_like(flat, mask_id), flat + vocab.visual_offset)
     mod = torch.where(flat < 0, int(Mod.SPECIAL), int(Mod.VISUAL))
@@ -117,17 +126,18 @@ def _visual(w: _Writer, vocab: Vocabulary, codes: torch.Tensor, name: str, maske
     w.tokens(ids, mod, torch.where(masked_pos, mask_id, lo), torch.where(masked_pos, mask_id + 1, hi))
 
 
-def _audio(w: _Writer, vocab: Vocabulary, codes: torch.Tensor, name: str) -> None:
+def _audio(w: _Writer, vocab: Vocabulary, codes: torch.Tensor, name: str, partial: bool = False) -> None:
     if vocab.audio_levels == 0:
         raise InputError(f"{name}: this vocabulary has no audio codes")
     if codes.dim() != 2 or codes.shape[0] != vocab.audio_levels:
         raise InputError(
             f"{name}: expected audio codes (levels={vocab.audio_levels}, frames), got {tuple(codes.shape)}"
         )
-    codes = _check_codes(codes, vocab.audio_codes, name)
+    codes = _check_codes(codes, vocab.audio_codes, name, allow_masked=partial)
     level = torch.arange(vocab.audio_levels)[:, None].expand_as(codes)
     lo = vocab.audio_offset + level * vocab.audio_codes
-    w.tokens(codes + lo, Mod.AUDIO, lo, lo + vocab.audio_codes)
+    ids = torch.where(codes < 0, vocab.pad_id, codes + lo) if partial else codes + lo
+    w.tokens(ids, Mod.AUDIO, lo, lo + vocab.audio_codes)
 
 
 def _placeholder(w: _Writer, vocab: Vocabulary, modality: str, shape: tuple[int, ...], name: str) -> None:
@@ -216,6 +226,7 @@ def build_sequence(
         w.special(vocab, f"<frames:{frames}>")
     segments = []
     prefix_len = None
+    known_out: list[tuple[int, torch.Tensor]] = []  # (start, known mask) of partial outputs
     for k, part in enumerate(spec.outputs):
         if part.name not in outputs:
             raise InputError(f"task {spec.name}: output {part.name!r} needs its codes or its shape")
@@ -227,13 +238,17 @@ def build_sequence(
         start = w.n
         if torch.is_tensor(y):
             shape = tuple(y.shape)
+            partial = bool(y.numel()) and not y.dtype.is_floating_point and int(y.min()) < 0
+            if partial:
+                known_out.append((start, y.reshape(-1) >= 0))
             if part.modality == "visual":
-                _visual(w, vocab, y, part.name, masked=False)
+                _visual(w, vocab, y, part.name, masked=False, partial=partial)
             else:
-                _audio(w, vocab, y, part.name)
+                _audio(w, vocab, y, part.name, partial=partial)
         else:
             shape = tuple(int(s) for s in y)
             _placeholder(w, vocab, part.modality, shape, part.name)
+            known_out.append((start, torch.zeros(w.n - start, dtype=torch.bool)))
         segments.append(Segment(part.name, part.modality, start, w.n - start, shape))
         last = k == len(spec.outputs) - 1
         if not (last and spec.open_end):
@@ -246,10 +261,15 @@ def build_sequence(
     ids = torch.cat(w.ids)
     T = ids.shape[0]
     loss_mask = torch.arange(T) >= prefix_len
+    known = None
+    if known_out:  # a generation layout: everything after the prefix is known but what is to write
+        known = torch.arange(T) >= prefix_len
+        for start, k in known_out:
+            known[start : start + k.numel()] = k
     return Sequence(
         ids=ids, prefix_len=int(prefix_len), loss_mask=loss_mask, modality=torch.cat(w.mod),
         legal=torch.stack([torch.cat(w.lo), torch.cat(w.hi)], dim=1), task=spec.name,
-        outputs=segments, text_embeds=text_embeds, text_positions=text_positions,
+        outputs=segments, text_embeds=text_embeds, text_positions=text_positions, known=known,
     )  # fmt: skip
 
 

@@ -80,9 +80,12 @@ _TABLE = (
     ),
     TaskSpec(
         "frame_pred",
-        (Part("context", "visual"),),
+        # text: continue "with a prompt" (optional, dropped like any text); anchor: the first latent
+        # frame of the first chunk of a long video, kept clean while the context drifts (drift
+        # control, DESIGN.md "Long video"); context: the first k latent frames of a fresh clip.
+        (TEXT, Part("anchor", "visual", source="anchor", optional=True), Part("context", "visual")),
         (VIDEO_OUT,),
-        description="first k latent frames -> the following latent frames (also long-video chaining)",
+        description="[text +] [anchor frame +] first k latent frames -> the following latent frames (long-video chaining)",
     ),
     TaskSpec(
         "inpaint",
