@@ -3,11 +3,173 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from videopoet.cli import command, not_available
 
-not_available("generate", "task generation pipelines: not built yet")
 not_available("sr train", "super-resolution: not built yet")
+
+Task = Literal["t2v", "t2i", "i2v", "continue", "inpaint", "outpaint", "stylize", "v2a", "a2v", "avcont", "extend"]
+# the media options of each task's call (the CLI flag -> the Pipeline method's argument)
+_MEDIA = {"i2v": {"image": "image"}, "continue": {"video": "video", "image": "anchor"},
+          "inpaint": {"video": "video"}, "outpaint": {"video": "video"},
+          "stylize": {"video": "video", "structure": "structure", "image": "first_frame"},
+          "v2a": {"video": "video"}, "a2v": {"audio": "audio"}, "avcont": {"video": "video", "audio": "audio"}}
+_TEXT_TASKS = {"t2v", "t2i", "i2v", "continue", "inpaint", "outpaint", "stylize", "a2v"}
+
+
+def _call(pipe, task: str, job: dict, sampling: dict):
+    """One generation from a job dict (CLI flags or a JSONL line) -> Result."""
+    from videopoet.errors import InputError
+
+    kw = dict(sampling)
+    for key in ("seed", "temperature", "top_k", "top_p", "guidance", "guidance_ramp"):
+        if job.get(key) is not None:
+            kw[key] = job[key]
+    if isinstance(kw.get("guidance"), list):
+        g = kw["guidance"]
+        if len(g) not in (1, 2):
+            raise InputError(f"--guidance: one scale, or two (high and low sub-token), got {g}")
+        kw["guidance"] = g[0] if len(g) == 1 else (g[0], g[1])
+    for flag, arg in _MEDIA.get(task, {}).items():
+        if job.get(flag) is not None:
+            kw[arg] = job[flag]
+    if task in _TEXT_TASKS:
+        kw["prompt"] = job.get("prompt")
+        if job.get("negative_prompt"):
+            kw["negative_prompt"] = job["negative_prompt"]
+    elif job.get("prompt"):
+        raise InputError(f"{task}: takes no text prompt")
+    if task == "inpaint" and job.get("box") is not None:
+        kw["box"] = tuple(job["box"])
+    if task == "outpaint" and job.get("margins") is not None:
+        kw["margins"] = tuple(job["margins"])
+    if task == "stylize" and job.get("depth_model"):
+        kw["depth_model"] = str(job["depth_model"])
+    needed = {"i2v": "image", "inpaint": "video", "outpaint": "video", "stylize": "video", "v2a": "video",
+              "a2v": "audio", "avcont": "video", "continue": "video"}
+    if task in needed and kw.get(_MEDIA[task][needed[task]]) is None:
+        raise InputError(f"{task}: needs --{needed[task]}")
+    if task == "inpaint" and "box" not in kw:
+        raise InputError("inpaint: needs --box TOP LEFT BOTTOM RIGHT (pixels of the output frame)")
+    return pipe.run(task, **kw)
+
+
+@command("generate")
+def generate_cmd(task: Task, /, *, prompt: str | None = None, negative_prompt: str | None = None,
+                 image: Path | None = None, video: Path | None = None, audio: Path | None = None,
+                 structure: Path | None = None, depth_model: Path | None = None, box: list[int] | None = None,
+                 margins: list[int] | None = None, seconds: float = 6.0, anchor: bool = True,
+                 prompts: Path | None = None, out: Path = Path("out/generated.mp4"), model: Path | None = None,
+                 lm: Path | None = None, seed: int = 0, guidance: list[float] | None = None, guidance_ramp: bool = False,
+                 temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
+                 progress: bool = True) -> None:
+    """Run a task with the LM (zero-shot, from a task prefix) and write the result.
+
+    Tasks: t2v, t2i (png), i2v (--image), continue (--video [--image anchor]), inpaint (--video
+    --box), outpaint (--video [--margins]), stylize (--video --prompt [--structure] [--depth-model]
+    [--image first frame]), v2a (--video; writes the video with the new sound), a2v (--audio),
+    avcont (--video with sound), extend (--video --seconds: long video, streamed to --out).
+    Inputs of another size, rate or length are fitted (said on stderr). With --prompts FILE.jsonl,
+    each line is one job ({"prompt": ..., "video": ..., "seed": ..., "out": ..., "then": [{"task":
+    "stylize", "prompt": ...}]}: "then" chains tasks, each taking the previous output); bad lines
+    are skipped and counted.
+
+    Args:
+        task: the task to run
+        prompt: text prompt (tasks with text)
+        negative_prompt: the text of the guidance branch (instead of no text)
+        image: an image (i2v; the anchor frame for continue; the first frame for stylize)
+        video: an input video
+        audio: an input audio file (a2v; avcont when the video has no sound)
+        structure: a ready structure video for stylize (else computed from --video)
+        depth_model: a local transformers depth-estimation model directory (stylize)
+        box: inpaint region TOP LEFT BOTTOM RIGHT in output pixels
+        margins: outpaint borders TOP RIGHT BOTTOM LEFT in output pixels (default: fit a non-square input)
+        seconds: extend: length of the whole output
+        anchor: extend: give the first frame as the anchor of every chunk (drift control)
+        prompts: a JSONL file of jobs (batch)
+        out: output file (.mp4, .png for t2i, .wav for v2a audio alone); a folder with --prompts
+        model: a pipeline directory (default: the embedded models)
+        lm: an LM directory to use instead of the pipeline's LM (e.g. a training run's model)
+        seed: sampling seed (same seed, same output)
+        guidance: classifier-free guidance scale (two values: high and low visual sub-token scales)
+        guidance_ramp: ramp the guidance linearly from 1 to its value over the output
+        temperature: sampling temperature (default: the model's pipeline.json)
+        top_k: top-k filtering (0 = off)
+        top_p: nucleus filtering (1 = off)
+        progress: show a progress bar
+    """
+    import json
+    import sys
+
+    import torch
+
+    from videopoet.errors import InputError, VideoPoetError
+    from videopoet.tasks.pipeline import Pipeline
+
+    pipe = Pipeline.from_pretrained(model, lm=lm)
+    sampling = {k: v for k, v in dict(temperature=temperature, top_k=top_k, top_p=top_p).items() if v is not None}
+    sampling["progress"] = progress
+    if task == "extend":
+        from videopoet.tasks.longvideo import extend
+
+        if video is None:
+            raise InputError("extend: needs --video")
+        if prompts is not None:
+            raise InputError("extend: one video at a time (no --prompts)")
+        g = {} if guidance is None else {"guidance": guidance[0]}
+        extend(pipe, video, seconds, out, prompt=prompt, anchor=anchor, seed=seed, keep=False, **g, **sampling)
+        print(f"wrote {out} ({seconds:g} s)")
+        return
+    flags = dict(prompt=prompt, negative_prompt=negative_prompt, image=image, video=video, audio=audio,
+                 structure=structure, depth_model=depth_model, box=box, margins=margins, seed=seed,
+                 guidance=guidance, guidance_ramp=guidance_ramp or None)
+    if prompts is None:
+        r = _call(pipe, task, flags, sampling)
+        path = r.save(_out_name(out, r))
+        torch.save(r.tokens, path.with_suffix(".tokens.pt"))
+        print(f"wrote {path}")
+        return
+    if not prompts.is_file():
+        raise InputError(f"--prompts {prompts}: file not found")
+    out.mkdir(parents=True, exist_ok=True)
+    ok, bad = 0, []
+    for n, line in enumerate(prompts.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            job = json.loads(line)
+            if not isinstance(job, dict):
+                raise InputError("a line is a JSON object")
+            job = {**{k: v for k, v in flags.items() if v is not None and k not in ("prompt",)}, **job}
+            t = job.pop("task", task)
+            r = _call(pipe, t, job, sampling)
+            for k, step in enumerate(job.get("then") or []):  # chaining: the output is the next input
+                nxt = dict(step)
+                t2 = nxt.pop("task")
+                key = {"i2v": "image", "a2v": "audio"}.get(t2, "video")
+                nxt.setdefault(key, r)
+                nxt.setdefault("seed", job.get("seed", seed))
+                r = _call(pipe, t2, nxt, sampling)
+            name = job.get("out") or f"{n:04d}_{r.task}"
+            path = r.save(_out_name(out / name, r))
+            torch.save(r.tokens, path.with_suffix(".tokens.pt"))
+            ok += 1
+        except (VideoPoetError, json.JSONDecodeError, KeyError, TypeError) as e:
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            bad.append(f"{prompts}:{n}: {msg}")
+            print(f"skipped {prompts}:{n}: {msg}", file=sys.stderr)
+    print(f"wrote {ok} result(s) to {out}; skipped {len(bad)} bad line(s)")
+    if ok == 0 and bad:
+        raise InputError(f"--prompts {prompts}: every line failed ({bad[0]})")
+
+
+def _out_name(out: Path, r) -> Path:
+    """The output path for a result: its own suffix unless given (png for one frame)."""
+    if out.suffix:
+        return out
+    return out.with_suffix(".png" if r.frames is not None and len(r.frames) == 1 else ".mp4")
 
 
 @command("quickstart")

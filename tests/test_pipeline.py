@@ -1,0 +1,153 @@
+"""Task pipelines: every task from media and text to media, pinned codes, input fitting, long video, CLI.
+
+A tiny random LM with the shipped vocabulary (the shipped tokenizers encode and decode for real),
+so these tests check the plumbing and the guarantees (pinned codes, seeds, fitting, streaming),
+not the quality of generation (benchmarks/RESULTS.md has that, from the trained default).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from videopoet.data.shapes import ShapesConfig, make_clip
+from videopoet.errors import InputError, VideoPoetError
+
+
+@pytest.fixture(scope="module")
+def lm_dir(tmp_path_factory):
+    from videopoet.lm.model import PrefixLM, lm_config
+    from videopoet.lm.pretrained import load_preset, save_lm
+
+    vocab, _ = load_preset("lm/small")
+    cfg = lm_config(vocab, dict(d_model=32, n_layers=1, n_heads=2, max_seq_len=3072, factorized_visual=True), where="t")
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("lm") / "lm"
+    save_lm(d, PrefixLM(cfg), vocab)
+    return d
+
+
+@pytest.fixture(scope="module")
+def pipe(lm_dir):
+    from videopoet.tasks.pipeline import Pipeline
+
+    return Pipeline.from_pretrained(lm=lm_dir, quiet=True)
+
+
+@pytest.fixture(scope="module")
+def clip():
+    return make_clip(ShapesConfig(size=64), 7, 0)
+
+
+def test_same_seed_same_output_and_another_seed_differs(pipe):
+    a, b = pipe.t2v("a small red circle moving left", seed=1), pipe.t2v("a small red circle moving left", seed=1)
+    c = pipe.t2v("a small red circle moving left", seed=2)
+    assert torch.equal(a.tokens["video"], b.tokens["video"]) and np.array_equal(a.frames, b.frames)
+    assert not torch.equal(a.tokens["video"], c.tokens["video"])
+    assert a.frames.shape == (17, 64, 64, 3) and a.frames.dtype == np.uint8 and a.tokens["video"].shape == (5, 16, 16)
+    img = pipe.t2i("a small red circle", seed=1)
+    assert img.frames.shape == (1, 64, 64, 3)
+
+
+def test_i2v_inpaint_and_outpaint_keep_their_pinned_codes(pipe, clip):
+    codes = pipe.encode_video(clip.video)
+    r = pipe.i2v(clip.video[:1], "a circle", seed=0)
+    assert torch.equal(r.tokens["video"][0], pipe.encode_video(clip.video[:1])[0])
+    r = pipe.inpaint(clip.video, box=(8, 8, 40, 24), seed=0)
+    keep = r.tokens["masked"] >= 0
+    assert int((~keep).sum()) == 5 * 8 * 4  # latent rows 2..9, columns 2..5, every latent frame
+    assert torch.equal(r.tokens["video"][keep], codes[keep])
+    r = pipe.outpaint(clip.video, margins=(0, 16, 0, 8), seed=0)
+    keep = r.tokens["masked"] >= 0
+    assert not bool(keep[:, :, :2].any()) and not bool(keep[:, :, -4:].any()) and bool(keep[:, :, 2:-4].all())
+    assert torch.equal(r.tokens["video"][keep], codes[keep])
+
+
+def test_a_wide_input_is_fitted_inside_the_square_for_outpainting(pipe):
+    wide = np.zeros((17, 32, 64, 3), np.uint8)
+    r = pipe.outpaint(wide, seed=0)
+    keep = r.tokens["masked"] >= 0
+    assert bool(keep[:, 4:12].all()) and not bool(keep[:, :4].any()) and not bool(keep[:, 12:].any())
+    assert any("fitted inside 64x64" in n for n in r.notes)
+    with pytest.raises(InputError, match="square input needs margins"):
+        pipe.outpaint(np.zeros((17, 64, 64, 3), np.uint8))
+
+
+def test_inputs_are_fitted_and_the_changes_are_reported(pipe, clip):
+    small = np.repeat(clip.video[:9, ::2, ::2], 1, axis=0)  # 9 frames of 32x32
+    r = pipe.v2a(small, seed=0)
+    assert r.frames.shape == (17, 64, 64, 3) and r.audio.shape[0] == pytest.approx(17 / 8 * 16000, rel=0.01)
+    assert any("resized to 64x64" in n for n in r.notes) and any("padded to 17" in n for n in r.notes)
+    stereo_44k = np.stack([clip.audio[0], clip.audio[0]])  # a (2, S) array is mixed down
+    r = pipe.a2v(stereo_44k, seed=0)
+    assert any("mixed down" in n for n in r.notes) and r.tokens["input_audio"].shape == (4, pipe.audio_frames)
+
+
+def test_bad_inputs_get_one_line_errors_naming_the_field_or_file(pipe, tmp_path):
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"not a video at all")
+    with pytest.raises(VideoPoetError, match="broken.mp4"):
+        pipe.v2a(bad)
+    with pytest.raises(InputError, match="box"):
+        pipe.inpaint(np.zeros((17, 64, 64, 3), np.uint8), box=(30, 10, 20, 40))
+    with pytest.raises(InputError, match="prompt"):
+        pipe.t2v(123)
+    with pytest.raises(InputError, match="NaN"):
+        pipe.a2v(np.full(1000, np.nan, np.float32))
+    with pytest.raises(InputError, match="unknown"):
+        pipe.run("dance", prompt="x")
+    long = " ".join(["red blue green circle square"] * 40)
+    with pytest.raises(VideoPoetError, match="max_length|longer"):
+        pipe.t2v(long)
+
+
+def test_a_pipeline_saved_and_loaded_generates_the_same(pipe, tmp_path):
+    from videopoet.tasks.pipeline import Pipeline
+
+    pipe.save(tmp_path / "p", dtype=None)
+    again = Pipeline.from_pretrained(tmp_path / "p", quiet=True)
+    assert torch.equal(again.t2v("a blue square", seed=4).tokens["video"], pipe.t2v("a blue square", seed=4).tokens["video"])
+    with pytest.raises(VideoPoetError, match="not a pipeline directory"):
+        Pipeline.from_pretrained(tmp_path)
+
+
+def test_extend_streams_chunks_that_play_while_the_file_grows(pipe, clip, tmp_path):
+    from videopoet.data.media import read_video
+    from videopoet.tasks.longvideo import extend
+
+    out = tmp_path / "long.mp4"
+    seen = []
+
+    def on_chunk(i, frames):
+        if i == 1:  # the file written so far is already a playable video
+            seen.append(len(read_video(out).frames))
+
+    frames = extend(pipe, clip.video, 4.0, out, on_chunk=on_chunk, seed=0, quiet=True)
+    assert frames.shape == (32, 64, 64, 3) and np.array_equal(frames[:17], clip.video)
+    assert seen and seen[0] >= 17
+    assert len(read_video(out).frames) == 32
+
+
+def test_cli_generate_and_a_batch_with_a_bad_line_and_a_chain(lm_dir, tmp_path):
+    env_py = [sys.executable, "-m", "videopoet"]
+    r = subprocess.run(env_py + ["generate", "t2i", "--prompt", "a red circle", "--lm", str(lm_dir), "--out",
+                                 str(tmp_path / "img"), "--no-progress"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "img.png").is_file() and (tmp_path / "img.tokens.pt").is_file()
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text("\n".join([json.dumps({"prompt": "a blue square", "seed": 3}), "not json",
+                               json.dumps({"task": "i2v", "image": str(tmp_path / "missing.png")}),
+                               json.dumps({"prompt": "green", "then": [{"task": "v2a"}]})]) + "\n")
+    r = subprocess.run(env_py + ["generate", "t2v", "--prompts", str(jobs), "--lm", str(lm_dir), "--out",
+                                 str(tmp_path / "batch"), "--no-progress"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "wrote 2 result(s)" in r.stdout and "skipped 2 bad line(s)" in r.stdout
+    assert "jobs.jsonl:2" in r.stderr and "missing.png" in r.stderr
+    assert sorted(p.name for p in (tmp_path / "batch").glob("*.mp4")) == ["0001_t2v.mp4", "0004_v2a.mp4"]
+    tokens = torch.load(tmp_path / "batch" / "0004_v2a.tokens.pt")
+    assert tokens["audio"].shape[0] == 4  # the chain's last task wrote the sound
