@@ -117,6 +117,9 @@ def _add_param(parser: argparse.ArgumentParser, p: inspect.Parameter, tp: Any, h
     if p.kind == inspect.Parameter.POSITIONAL_ONLY:
         if origin is typing.Literal:
             kwargs["choices"] = list(typing.get_args(tp))
+        elif origin in (list, tuple):
+            kwargs["type"] = _scalar(typing.get_args(tp)[0] if typing.get_args(tp) else str)
+            kwargs["nargs"] = "+"
         else:
             kwargs["type"] = _scalar(tp)
         parser.add_argument(p.name, metavar=p.name.upper(), **kwargs)

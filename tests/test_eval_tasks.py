@@ -1,0 +1,97 @@
+"""Per-task scores, drift and reports on cases with known answers (ground-truth clips as outputs)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from videopoet.eval.tasks_eval import drift, score, shapes_jobs, summarize
+from videopoet.tasks.pipeline import Result
+
+
+@pytest.fixture(scope="module")
+def jobs():
+    return shapes_jobs("shapes:6:7070:single")
+
+
+def _as_result(job, frames=None, audio=None):
+    return Result("x", job.video if frames is None else frames, 8.0, job.audio if audio is None else audio, 16000)
+
+
+def test_the_ground_truth_scores_full_marks_and_noise_scores_none(jobs):
+    truth = summarize([score("t2v", j, _as_result(j)) for j in jobs])
+    assert truth["colour_exact"] == 1.0 and truth["direction"] == 1.0 and truth["shape"] >= 0.8
+    assert truth["spurious"] == 0.0
+    rng = np.random.default_rng(0)
+    noisy = summarize([score("t2v", j, _as_result(j, rng.integers(0, 256, j.video.shape).astype(np.uint8))) for j in jobs])
+    assert noisy["colour_exact"] == 0.0 and noisy["all_three"] == 0.0
+    # a clip painted with every palette colour shows the prompt's colour but gets no exact credit
+    from videopoet.data import shapes as S
+
+    stripes = jobs[0].video.copy()
+    for k, c in enumerate(S.COLOURS):  # a 6x10-pixel block of every colour, in every frame
+        stripes[:, 2:12, 2 + k * 10 : 8 + k * 10] = (np.asarray(S.COLOUR_RGB[c]) * 255).astype(np.uint8)
+    s = score("t2v", jobs[0], _as_result(jobs[0], stripes))
+    assert s["colour"] == [1.0] and s["colour_exact"] == [0.0] and s["spurious"] >= 4
+
+def test_v2a_with_the_true_soundtrack_hears_every_tone_and_bounce(jobs):
+    s = summarize([score("v2a", j, _as_result(j)) for j in jobs])
+    assert s["tone"] == 1.0 and s["clicks"] == 1.0
+    silent = summarize([score("v2a", j, _as_result(j, audio=np.zeros_like(j.audio))) for j in jobs])
+    assert silent["clicks"] == 0.0
+
+
+def test_stylize_motion_agreement_is_high_for_the_truth_and_low_for_a_still(jobs):
+    same = summarize([score("stylize", j, _as_result(j)) for j in jobs])["flow_agreement"]
+    still = summarize([score("stylize", j, _as_result(j, np.repeat(j.video[:1], 17, 0))) for j in jobs])["flow_agreement"]
+    assert same > 0.5 and still < 0.2
+
+
+def test_inpaint_scores_the_region_and_the_rest_apart(jobs):
+    j = jobs[0]
+    region = np.zeros(j.video.shape[:3], bool)
+    region[:, 16:48, 16:48] = True
+    broken = j.video.copy()
+    broken[:, 16:48, 16:48] = 0
+    s = score("inpaint", j, _as_result(j, broken), {"region": region})
+    assert s["psnr_kept"] == pytest.approx(100.0) and s["psnr_region"] < 15
+
+
+def test_drift_of_a_repeated_clip_and_of_a_fading_one(jobs):
+    v = jobs[0].video
+    same = drift([v, v[5:], v[5:]])
+    assert same["chunk_identity"] == [1.0, 1.0, 1.0] and same["chunk_psnr_vs_first"][0] == pytest.approx(100.0)
+    fade = drift([v, (v[5:] * 0.5).astype(np.uint8), np.zeros_like(v[5:])])
+    assert fade["chunk_identity"][-1] == 0.0 and fade["chunk_psnr_vs_first"][2] < fade["chunk_psnr_vs_first"][1]
+    assert fade["flicker_seam"] > fade["flicker_inside"]
+
+
+def test_report_writes_markdown_plots_and_every_figure(tmp_path):
+    from videopoet.eval.run import write_report
+
+    for name, acc in (("default", 0.8), ("untrained", 0.1)):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "scores.json").write_text(json.dumps({"task": "t2v", "model": name, "prompts": "shapes:4:7070", "jobs": 4,
+                                                   "scored": 4, "summary": {"colour_exact": acc, "all_three": acc / 2},
+                                                   "command": f"videopoet eval run --task t2v --lm {name}"}))
+    d = tmp_path / "ext"
+    d.mkdir()
+    (d / "scores.json").write_text(json.dumps({"task": "extend", "model": "default", "prompts": "shapes:4:7070", "jobs": 4,
+                                               "scored": 4, "extend": {"anchor": True, "seconds": 6},
+                                               "summary": {"chunk_identity": [1, 0.5], "chunk_psnr_vs_first": [100, 20],
+                                                           "chunk_ssim_vs_first": [1, 0.5], "flicker_seam": 3.0,
+                                                           "flicker_inside": 2.0}, "command": "videopoet eval run --task extend"}))
+    log = tmp_path / "metrics.jsonl"
+    log.write_text("\n".join(json.dumps({"step": s, "loss": 3 - s / 100, **({"heldout_t2v": 2.5} if s == 50 else {})})
+                             for s in range(0, 100, 10)))
+    md = write_report([tmp_path / "default", tmp_path / "untrained", d], tmp_path / "rep", train_logs=[log])
+    text = md.read_text()
+    assert "| default | 0.40 | 0.80 |" in text and "| untrained | 0.05 | 0.10 |" in text
+    assert "videopoet eval run --task t2v --lm untrained" in text
+    for png in ("t2v.png", "drift.png", "loss_1.png"):
+        assert (tmp_path / "rep" / png).stat().st_size > 1000
+    fig = json.loads((tmp_path / "rep" / "figures.json").read_text())
+    assert fig["tasks"]["t2v"]["default"]["colour_exact"] == 0.8 and fig["drift"]["default (anchor on)"]["flicker_seam"] == 3.0

@@ -1,0 +1,196 @@
+"""Scores for generated outputs on the shapes benchmark, per task, and long-video drift.
+
+Held-out prompts come from shapes clips of a seed never used in training (`shapes:N:SEED`; the
+shipped LM trained on seed 0): each job carries the clip's caption, its frames and sound, and its
+ground truth. Every score is read from the output by the probes of videopoet/eval/readback.py
+(colour, shape, direction of each object; tone identity; click times), which read 100% / ~95% /
+100% of the ground-truth clips right (their validation is in tests/test_tokenizer_eval.py), or is a
+signal measure against the ground truth:
+
+- t2v, a2v: attribute accuracy, per object of the prompt (colour seen, shape, direction), with
+  `colour_exact` (seen, and no colour the prompt lacks: noise that shows every colour scores 0)
+  and `all_three` (colour_exact, shape and direction right);
+- t2i: colour and shape of the first frame;
+- i2v: the first frame's objects kept (colour, shape) and the ground truth's direction;
+- continue: identity kept in the new frames, direction, PSNR of the new frames against the truth;
+- inpaint, outpaint: PSNR inside and outside the regenerated region against the ground truth;
+- stylize: motion agreement: cosine similarity of the output's optical flow with the structure's;
+- v2a: tone identity (the N strongest tones vs the objects' tones) and the share of the picture's
+  bounces (ground-truth click times) with a click within 50 ms;
+- avcont: colour kept, tone kept.
+`drift` gives the long-video measures: per chunk, PSNR/SSIM against the first chunk, identity
+(colours and shapes read in the chunk that the first chunk has), and flicker (mean absolute
+frame-to-frame change at the seams between chunks vs inside them).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from videopoet.data import shapes as S
+from videopoet.eval.readback import _truth, compare_readings, read_objects, read_tones
+
+TASKS = ("t2v", "t2i", "i2v", "continue", "inpaint", "outpaint", "stylize", "v2a", "a2v", "avcont")
+CLICK_TOLERANCE_S = 0.05
+
+
+@dataclass
+class Job:
+    """One held-out prompt: the ground-truth clip it was made from."""
+
+    index: int
+    caption: str
+    video: np.ndarray  # uint8 (T, H, W, 3)
+    audio: np.ndarray  # float32 (S,)
+    attributes: dict
+    flow: np.ndarray | None = None
+    depth: np.ndarray | None = None
+
+
+def shapes_jobs(spec: str, *, frames: int = 17, size: int = 64, fps: float = 8.0, sample_rate: int = 16000) -> list[Job]:
+    """`shapes:N[:SEED[:single|multi]]` -> jobs (SEED 7070 by default; 1-2 objects as in training,
+    single: one, multi: 2-4)."""
+    from videopoet.errors import InputError
+
+    parts = spec.split(":")
+    if parts[0] != "shapes" or len(parts) < 2:
+        raise InputError(f"--prompts {spec!r}: expected shapes:N[:SEED[:single|multi]] or a JSONL file")
+    try:
+        n, seed = int(parts[1]), int(parts[2]) if len(parts) > 2 else 7070
+    except ValueError:
+        raise InputError(f"--prompts {spec!r}: N and SEED are integers") from None
+    mode = parts[3] if len(parts) > 3 else ""
+    objects = {"single": (1, 1), "multi": (2, 4), "": (1, 2)}  # "": as in training (1-2 objects)
+    if mode not in objects:
+        raise InputError(f"--prompts {spec!r}: the mode is single or multi (or nothing: 1-2 objects)")
+    lo, hi = objects[mode]
+    cfg = S.ShapesConfig(size=size, frames=frames, fps=fps, sample_rate=sample_rate, min_objects=lo, max_objects=hi)
+    jobs = []
+    for i in range(n):
+        c = S.make_clip(cfg, seed, i)
+        jobs.append(Job(i, c.caption, c.video, np.asarray(c.audio[0], np.float32), c.attributes, c.flow, c.depth))
+    return jobs
+
+
+def _attr_scores(truth_attrs: dict, frames: np.ndarray, fields=("colour", "shape", "direction")) -> dict[str, Any]:
+    """Per object of the prompt: colour seen, shape, direction; `exact`: the clip shows no colour
+    the prompt does not have (a clip of every colour gets no credit: `colour_exact` needs both);
+    `spurious`: how many such colours (0 on every ground-truth clip)."""
+    truth = _truth(truth_attrs)
+    seen = read_objects(frames)
+    got = compare_readings(truth, seen, sorted(truth))
+    spurious = len(set(seen) - {o["colour"] for o in truth_attrs["objects"]})
+    out: dict[str, Any] = {f: got[f] for f in fields}
+    out["colour_exact"] = [c and spurious == 0 for c in got["colour"]]
+    out["spurious"] = float(spurious)
+    return out
+
+
+def _psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
+    d = (a.astype(np.float64) - b.astype(np.float64)) ** 2
+    if mask is not None:
+        d = d[np.broadcast_to(mask[..., None], d.shape)]
+    mse = float(d.mean()) if d.size else math.nan
+    return 10 * math.log10(255.0**2 / max(mse, 255.0**2 * 1e-10))  # identical: 100 dB
+
+
+def _flow_agreement(frames: np.ndarray, flow: np.ndarray) -> float:
+    """Mean cosine similarity between the output's Farneback flow and the reference flow, over
+    pixels where the reference moves (> 0.5 px/frame)."""
+    from videopoet.data.structure import farneback_flow
+
+    got = farneback_flow(frames)[: len(flow) - 1]
+    ref = flow[: len(got)]
+    moving = np.hypot(ref[:, 0], ref[:, 1]) > 0.5
+    if not moving.any():
+        return math.nan
+    dot = (got * ref).sum(1)
+    norm = np.hypot(got[:, 0], got[:, 1]) * np.hypot(ref[:, 0], ref[:, 1]) + 1e-6
+    return float((dot / norm)[moving].mean())
+
+
+def score(task: str, job: Job, result, extra: dict[str, Any] | None = None) -> dict[str, list[float] | float]:
+    """One output's scores: {name: list of per-object booleans as floats, or a number}."""
+    extra = extra or {}
+    f = result.frames
+    out: dict[str, Any] = {}
+    if task in ("t2v", "a2v"):
+        out.update(_attr_scores(job.attributes, f))
+    elif task == "t2i":
+        out.update(_attr_scores(job.attributes, f, ("colour", "shape")))
+    elif task == "i2v":
+        out.update(_attr_scores(job.attributes, f))
+    elif task == "continue":
+        n_ctx = extra.get("context_frames", 5)
+        out.update(_attr_scores(job.attributes, f))
+        out["psnr_new"] = _psnr(f[n_ctx:], job.video[n_ctx : len(f)])
+    elif task in ("inpaint", "outpaint"):
+        region = extra["region"]  # (T, H, W) bool, True = regenerated
+        out["psnr_region"] = _psnr(f, job.video, region)
+        out["psnr_kept"] = _psnr(f, job.video, ~region)
+        out.update(_attr_scores(job.attributes, f, ("colour",)))
+    elif task == "stylize":
+        out["flow_agreement"] = _flow_agreement(f, job.flow)
+    if task in ("v2a", "avcont") and result.audio is not None:
+        tones = {(o["shape"], o["colour"]) for o in job.attributes["objects"]}
+        got = read_tones(result.audio, result.sample_rate, len(tones))
+        out["tone"] = [t in got for t in tones]
+        if task == "v2a":
+            truth = S.click_times(job.audio, result.sample_rate)
+            clicks = S.click_times(result.audio, result.sample_rate)
+            out["clicks"] = [bool(len(clicks)) and float(np.min(np.abs(clicks - t))) <= CLICK_TOLERANCE_S for t in truth]
+    if task == "avcont":
+        out.update(_attr_scores(job.attributes, f, ("colour",)))
+    return {k: [float(x) for x in v] if isinstance(v, list) else float(v) for k, v in out.items()}
+
+
+def summarize(per_job: list[dict[str, Any]]) -> dict[str, float]:
+    """Mean of each score over jobs (per-object lists pooled: accuracy over objects)."""
+    pool: dict[str, list[float]] = {}
+    for s in per_job:
+        for k, v in s.items():
+            pool.setdefault(k, []).extend(v if isinstance(v, list) else [v])
+    out = {k: float(np.nanmean(v)) if len(v) and not all(math.isnan(x) for x in v) else math.nan for k, v in pool.items()}
+    if all(k in out for k in ("colour_exact", "shape", "direction")):
+        rows = [s for s in per_job if all(k in s for k in ("colour_exact", "shape", "direction"))]
+        allv = [a and b and c for s in rows for a, b, c in zip(s["colour_exact"], s["shape"], s["direction"], strict=True)]
+        out["all_three"] = float(np.mean(allv)) if allv else math.nan
+    return out
+
+
+# ------------------------------------------------------------------------------------------- drift
+def drift(chunks: list[np.ndarray]) -> dict[str, list[float] | float]:
+    """Long-video drift from the chunks of a chained continuation (chunk 0 = the input clip)."""
+    from videopoet.eval.video_metrics import ssim
+    from videopoet.data.media import video_to_tensor
+
+    first = chunks[0]
+    ref_objects = read_objects(first)
+    per_psnr, per_ssim, ident = [], [], []
+    for c in chunks:
+        n = min(len(c), len(first))
+        a, b = c[:n], first[-n:] if len(c) < len(first) else first[:n]
+        per_psnr.append(_psnr(a, b))
+        per_ssim.append(float(ssim(video_to_tensor(a)[None], video_to_tensor(b)[None])))
+        got = read_objects(c)
+        if ref_objects:
+            keep = [c_ in got and (ref_objects[c_].shape is None or got[c_].shape == ref_objects[c_].shape)
+                    for c_ in ref_objects]
+            ident.append(float(np.mean(keep)))
+        else:
+            ident.append(math.nan)
+    video = np.concatenate(chunks).astype(np.float32)
+    diffs = np.abs(np.diff(video, axis=0)).mean(axis=(1, 2, 3))  # diffs[i]: frame i -> i + 1
+    seams = np.cumsum([len(c) for c in chunks])[:-1] - 1
+    inside = np.setdiff1d(np.arange(len(diffs)), seams)
+    return {
+        "chunk_psnr_vs_first": per_psnr,
+        "chunk_ssim_vs_first": per_ssim,
+        "chunk_identity": ident,
+        "flicker_seam": float(diffs[seams].mean()) if len(seams) else math.nan,
+        "flicker_inside": float(diffs[inside].mean()) if len(inside) else math.nan,
+    }
