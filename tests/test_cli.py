@@ -93,7 +93,7 @@ def test_help_lists_every_design_command(capsys):
     parser = cli.build_parser()
     registered = {" ".join(k) for k in cli._REGISTRY}
     for name in ("data shapes", "tokenizer train", "tokenizer reconstruct", "audio train", "audio reconstruct",
-                 "text train-spm", "tokenize", "lm train", "generate", "eval", "quickstart", "sr train"):
+                 "text train-spm", "tokenize", "lm train", "generate", "eval run", "eval report", "quickstart", "sr train"):
         assert name in registered, name
     assert parser.prog == "videopoet"
 
@@ -109,10 +109,13 @@ def test_docstring_args_become_help(demo_command, capsys):
 
 @pytest.mark.parametrize("module", ["videopoet", "videopoet.cli"])
 def test_module_entry_points_run_commands(module):
-    r = subprocess.run([sys.executable, "-m", module, "generate"], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", module, "sr", "train"], capture_output=True, text=True)
     # a registered command runs (here: one that says it is not built yet), not "invalid choice"
     assert r.returncode == 2
-    assert r.stderr.startswith("videopoet: error: `videopoet generate` is not available yet"), r.stderr
+    assert r.stderr.startswith("videopoet: error: `videopoet sr train` is not available yet"), r.stderr
+    r = subprocess.run([sys.executable, "-m", module, "generate", "i2v", "--image", "/nonexistent.png"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "/nonexistent.png" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     r = subprocess.run([sys.executable, "-m", module, "tokenize", "--data", "shapes:1", "--out", "/nonexistent/x/y",
                         "--part-size", "0"], capture_output=True, text=True)
     assert r.returncode == 2 and "--batch and --part-size must be >= 1" in r.stderr, r.stderr

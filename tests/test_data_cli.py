@@ -139,3 +139,10 @@ def test_quickstart_writes_clips_with_audio_and_a_contact_sheet(tmp_path, capsys
     # what the probes read from clip 0 itself: its ground truth (a medium blue diamond up-left, a small red triangle right)
     assert "read back from the original:   blue diamond up-left, red triangle right; tones: blue diamond, red triangle" in printed
     assert "read back from the round trip: " in printed
+    # the embedded LM on four tasks and a long video, every output a playable file
+    for name in ("t2v", "i2v", "inpaint", "v2a"):
+        v = read_video(out / f"{name}.mp4", with_audio=name == "v2a")
+        assert v.frames.shape == (17, 64, 64, 3), name
+        assert name != "v2a" or np.abs(v.audio).max() > 0.001
+    assert read_video(out / "long.mp4").frames.shape == (32, 64, 64, 3)
+    assert "long video: clip 0 continued to 4 s" in printed and "embedded LM: 4.8M parameters" in printed

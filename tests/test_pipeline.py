@@ -151,3 +151,16 @@ def test_cli_generate_and_a_batch_with_a_bad_line_and_a_chain(lm_dir, tmp_path):
     assert sorted(p.name for p in (tmp_path / "batch").glob("*.mp4")) == ["0001_t2v.mp4", "0004_v2a.mp4"]
     tokens = torch.load(tmp_path / "batch" / "0004_v2a.tokens.pt")
     assert tokens["audio"].shape[0] == 4  # the chain's last task wrote the sound
+
+
+def test_the_embedded_default_is_complete_and_within_25_mb():
+    from videopoet.assets import ASSETS
+    from videopoet.tasks.pipeline import PARTS, Pipeline
+
+    files = [f for name in PARTS.values() for f in (ASSETS / name).iterdir() if f.is_file()]
+    weights = sum(f.stat().st_size for f in files if f.suffix in (".safetensors", ".model"))
+    assert weights <= 25_000_000, weights
+    pipe = Pipeline.from_pretrained(quiet=True)  # no argument: the embedded models
+    assert pipe.latent == (5, 16, 16) and pipe.audio_frames == 106
+    info = json.loads((ASSETS / "lm" / "training.json").read_text())
+    assert info["parameters"] == sum(p.numel() for p in pipe.lm.parameters())

@@ -207,6 +207,49 @@ def quickstart(*, out: Path = Path("demo_out"), num: int = 6, size: int = 64, se
     print(f"wrote {num} clips with audio to {manifest.parent / 'clips'} (manifest: {manifest})")
     print(f"contact sheet: {sheet}")
     _tokenizer_round_trip(clips[0], Path(out) / "reconstruction.mp4")
+    if size == 64:
+        _generate_demo(clips, Path(out))
+    else:
+        print(f"(the embedded LM makes 64x64 clips: the task demo runs with --size 64, not {size})")
+
+
+def _generate_demo(clips, out: Path) -> None:
+    """The embedded LM on a few tasks, each output read back by the probes."""
+    import time
+
+    from videopoet.eval.readback import read_objects, read_tones
+    from videopoet.tasks.longvideo import extend
+    from videopoet.tasks.pipeline import Pipeline
+
+    t0 = time.time()
+    pipe = Pipeline.from_pretrained(quiet=True)
+
+    def objects(v):
+        got = read_objects(v)
+        return ", ".join(f"{c} {o.shape or '?'} {o.direction or '?'}" for c, o in sorted(got.items())) or "nothing"
+
+    prompt = clips[1].caption if len(clips) > 1 else clips[0].caption
+    jobs = [
+        ("t2v", f"text -> video: {prompt!r}", lambda: pipe.t2v(prompt, seed=0)),
+        ("i2v", "image -> video from clip 0's first frame", lambda: pipe.i2v(clips[0].video[:1], clips[0].caption, seed=0)),
+        ("inpaint", "inpaint the centre of clip 0", lambda: pipe.inpaint(clips[0].video, box=(16, 16, 48, 48),
+                                                                         prompt=clips[0].caption, seed=0)),
+        ("v2a", "video -> audio for clip 0", lambda: pipe.v2a(clips[0].video, seed=0)),
+    ]
+    for name, what, fn in jobs:
+        t = time.time()
+        r = fn()
+        path = r.save(out / f"{name}.mp4")
+        said = f"reads {objects(r.frames)}"
+        if name == "v2a":
+            n = len(clips[0].attributes["objects"])
+            said = "tones " + ", ".join(f"{c} {s}" for s, c in sorted(read_tones(r.audio, r.sample_rate, n)))
+        print(f"{what}: {path} ({time.time() - t:.0f} s); {said}")
+    t = time.time()
+    extend(pipe, clips[0].video, 4.0, out / "long.mp4", prompt=clips[0].caption, seed=0, keep=False, quiet=True)
+    print(f"long video: clip 0 continued to 4 s: {out / 'long.mp4'} ({time.time() - t:.0f} s)")
+    print(f"embedded LM: {sum(p.numel() for p in pipe.lm.parameters()) / 1e6:.1f}M parameters; "
+          f"task demo {time.time() - t0:.0f} s")
 
 
 def _tokenizer_round_trip(clip, path: Path) -> None:

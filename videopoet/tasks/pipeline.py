@@ -311,8 +311,12 @@ class Pipeline:
         if uncond_inputs is not None and g != 1.0:
             useq = build_sequence(self.vocab, task, uncond_inputs, outputs, res=res, frames=frames)
             uncond = make_prompt([useq] * rows, self.vocab.pad_id)
+        g = g if uncond is not None else 1.0
+        if self.lm.n_visual and not isinstance(g, (tuple, list)):
+            # factor by factor: the same distribution without top-k / top-p, and no 2^K-wide logits
+            g = (float(g), float(g))
         ids = generate(self.lm, make_prompt([seq] * rows, self.vocab.pad_id), uncond=uncond,
-                       guidance_scale=g if uncond is not None else 1.0, guidance_ramp=guidance_ramp,
+                       guidance_scale=g, guidance_ramp=guidance_ramp,
                        temperature=s.temperature if temperature is None else temperature,
                        top_k=s.top_k if top_k is None else top_k, top_p=s.top_p if top_p is None else top_p,
                        seed=seed, progress=progress, pad_id=self.vocab.pad_id, compile=False)
