@@ -47,9 +47,11 @@ def save_model_dir(
     state_dict: dict[str, torch.Tensor],
     *,
     dtype: torch.dtype | None = None,
+    int8_prefixes: tuple[str, ...] | None = None,
 ) -> Path:
     """Save `config` and `state_dict` into `directory` (created). `dtype` casts floating tensors
-    (float16 to keep shipped weights small; int8: weight-only int8, see the module docstring)."""
+    (float16 to keep shipped weights small; int8: weight-only int8, see the module docstring;
+    `int8_prefixes` limits int8 to the parameters under those names, the rest float16)."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     tensors = {}
@@ -58,7 +60,8 @@ def save_model_dir(
             raise VideoPoetError(f"save_model_dir: parameter name {k!r} contains {SCALE_SUFFIX!r}")
         v = v.detach().cpu()
         if dtype == torch.int8 and v.is_floating_point():
-            if v.dim() >= 2 and v.numel() >= INT8_MIN_NUMEL:
+            chosen = int8_prefixes is None or k.startswith(tuple(int8_prefixes))
+            if chosen and v.dim() >= 2 and v.numel() >= INT8_MIN_NUMEL:
                 v, tensors[k + SCALE_SUFFIX] = quantize_int8(v)
             else:
                 v = v.half()

@@ -62,9 +62,10 @@ class Tokenizer(nn.Module, abc.ABC):
                 f"{name}: values must be in [0, {high}), got [{int(codes.min())}, {int(codes.max())}]"
             )
 
-    def save_pretrained(self, directory: str | Path, *, dtype: torch.dtype | None = None) -> Path:
+    def save_pretrained(self, directory: str | Path, *, dtype: torch.dtype | None = None,
+                        int8_prefixes: tuple[str, ...] | None = None) -> Path:
         cfg = {"kind": self.kind, **to_dict(self.config)}
-        return save_model_dir(directory, cfg, self.state_dict(), dtype=dtype)
+        return save_model_dir(directory, cfg, self.state_dict(), dtype=dtype, int8_prefixes=int8_prefixes)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu"):
