@@ -274,3 +274,51 @@ def test_frame_prediction_examples_carry_text_anchor_and_a_noisy_context():
         assert torch.equal(ins["anchor"], torch.from_numpy(v[:1])) and torch.equal(outs["video"], torch.from_numpy(v[2:]))
     # the share replaced is drawn per item from U(0, 0.6): mean ~0.3 (a few replacements draw the same code)
     assert 0.15 < np.mean(changed) < 0.4 and max(changed) > 0.3 and min(changed) < 0.15
+
+
+def test_embedding_mode_tokenizes_float16_embeddings_and_trains_with_the_encoders_width(tmp_path, debug_tokenizers):
+    """Text as frozen-encoder embeddings (VideoPoet's T5): stored once in the shards as float16, the
+    LM's projection width taken from the encoder, trained through the same loop."""
+    from test_text_tokenizer import _word_tokenizer
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    from videopoet.data.shapes import ShapesConfig, make_clip
+    from videopoet.tokenizers.text import TextEmbedder
+
+    words = {w for i in range(40) for w in make_clip(ShapesConfig(size=32, frames=5), 0, i).caption.replace(",", " ,").split()}
+    tok = _word_tokenizer(words)
+    torch.manual_seed(0)
+    t5 = tmp_path / "t5"
+    T5ForConditionalGeneration(T5Config(vocab_size=len(tok), d_model=24, d_kv=4, d_ff=32, num_layers=1, num_decoder_layers=1,
+                                        num_heads=2, pad_token_id=0, eos_token_id=2, decoder_start_token_id=0)).save_pretrained(t5)
+    tok.save_pretrained(t5)
+    out = tmp_path / "s"
+    tokenize("shapes:12", out, video_model=debug_tokenizers / "video", audio_model=debug_tokenizers / "audio",
+             text_model=t5, frames=5, size=32, progress=False, log=lambda m: None)
+    r = ShardReader(out)
+    assert r.index["text_embed_dim"] == 24 and "text" not in r.fields("av_32x32_f5")
+    item = r.item("av_32x32_f5", 3)
+    want = TextEmbedder(t5)([item["meta"]["caption"]])
+    n = int(want.mask[0].sum())
+    assert item["text_emb"].shape == (n, 24)
+    np.testing.assert_allclose(item["text_emb"], want.embeddings[0, :n].numpy(), rtol=2e-3, atol=2e-3)  # float16
+    preset = tmp_path / "lm.yaml"
+    preset.write_text("vocab: {visual_bits: 6, audio_levels: 2, audio_codes: 16, text_size: 0}\n"
+                      "model: {d_model: 32, n_layers: 1, n_heads: 2, max_seq_len: 512, text_embed_dim: 2048}\n")
+    tr = Pretrainer(load_config("train/debug", [f"data.shards={out}", f"train.out={tmp_path / 'run'}", f"train.model={preset}",
+                                                "train.max_steps=30", "train.eval_every=30", "data.heldout_items=2"]))
+    assert tr.model.cfg.text_embed_dim == 24  # the encoder's width, not the preset's 2048
+    before = tr.evaluate()
+    tr.fit()
+    after = tr.evaluate()
+    assert np.mean([after[k] for k in before]) < np.mean(list(before.values())) - 0.3
+    # the pipeline runs a text task on it with the same encoder
+    from videopoet.tasks.pipeline import Pipeline, Settings
+    from videopoet.tokenizers.audio import AudioTokenizer
+    from videopoet.tokenizers.video import VideoTokenizer
+
+    pipe = Pipeline(tr.model.eval(), tr.vocab, VideoTokenizer.from_pretrained(debug_tokenizers / "video"),
+                    AudioTokenizer.from_pretrained(debug_tokenizers / "audio"), TextEmbedder(t5),
+                    Settings(frames=5, size=32, guidance=2.0), quiet=True)
+    res = pipe.t2v(make_clip(ShapesConfig(size=32, frames=5), 0, 1).caption, seed=0)
+    assert res.frames.shape == (5, 32, 32, 3) and res.tokens["video"].shape == pipe.latent

@@ -15,7 +15,8 @@ mosaicml-streaming or webdataset here):
 
 A bucket is one kind of item at one size: `av_64x64_f17` (video with audio), `video_64x64_f17`,
 `image_64x64_f1`. Fields: `visual` (t*h*w codes), `audio` (L*F codes, level-major), `text` (token
-ids), `structure` (t*h*w codes of the structure video, for stylization). A part is written to a
+ids), `structure` (t*h*w codes of the structure video, for stylization), `text_emb` (float16
+(tokens, D) frozen text-encoder embeddings, embedding mode; D in index.json). A part is written to a
 temporary folder and renamed, so after a kill -9 the finished parts are kept and a rerun redoes
 only the rest. Several ranks write disjoint parts; `merge_index` lists them all.
 """
@@ -33,7 +34,9 @@ import numpy as np
 
 from videopoet.errors import ConfigError, InputError
 
-FIELDS = ("visual", "audio", "text", "structure")
+FIELDS = ("visual", "audio", "text", "structure", "text_emb")
+# stored dtype per field: codes and ids int32; text-encoder embeddings (embedding mode) float16
+DTYPES = {"text_emb": np.float16}
 INDEX_VERSION = 1
 
 
@@ -60,7 +63,7 @@ class PartWriter:
             if f in fields:
                 if len(d.get(f, [])) != n:
                     raise InputError(f"bucket {bucket}: field {f} must be present for every item or none")
-                d.setdefault(f, []).append(np.asarray(fields[f], np.int64).reshape(-1))
+                d.setdefault(f, []).append(np.asarray(fields[f], DTYPES.get(f, np.int64)).reshape(-1))
             elif f in d:
                 raise InputError(f"bucket {bucket}: field {f} missing from an item")
         shapes = {f: list(np.shape(v)) for f, v in fields.items()}
@@ -78,10 +81,14 @@ class PartWriter:
             for f, values in fields.items():
                 offsets = np.zeros(len(values) + 1, np.int64)
                 offsets[1:] = np.cumsum([len(v) for v in values])
-                flat = np.concatenate(values) if values else np.zeros(0, np.int64)
-                if flat.size and (flat.min() < np.iinfo(np.int32).min or flat.max() > np.iinfo(np.int32).max):
+                dtype = DTYPES.get(f, np.int32)
+                flat = np.concatenate(values) if values else np.zeros(0, dtype)
+                if f in DTYPES:
+                    if flat.size and not np.isfinite(flat).all():
+                        raise InputError(f"bucket {bucket}: {f} values are not finite in float16")
+                elif flat.size and (flat.min() < np.iinfo(np.int32).min or flat.max() > np.iinfo(np.int32).max):
                     raise InputError(f"bucket {bucket}: {f} values do not fit in int32")
-                flat.astype(np.int32).tofile(tmp / f"{bucket}.{f}.bin")
+                flat.astype(dtype).tofile(tmp / f"{bucket}.{f}.bin")
                 offsets.tofile(tmp / f"{bucket}.{f}.idx")
             with open(tmp / f"{bucket}.meta.jsonl", "w") as fh:
                 for m in self.meta[bucket]:
@@ -147,7 +154,8 @@ class ShardReader:
                 arrays = {}
                 for fld in e["fields"]:
                     offsets = np.fromfile(d / f"{b}.{fld}.idx", np.int64)
-                    data = np.memmap(d / f"{b}.{fld}.bin", np.int32, mode="r") if offsets[-1] else np.zeros(0, np.int32)
+                    dt = DTYPES.get(fld, np.int32)
+                    data = np.memmap(d / f"{b}.{fld}.bin", dt, mode="r") if offsets[-1] else np.zeros(0, dt)
                     if len(offsets) != n + 1:
                         raise ConfigError(f"{d}: {b}.{fld}.idx has {len(offsets) - 1} items, the index says {n}")
                     arrays[fld] = (data, offsets)
@@ -178,5 +186,6 @@ class ShardReader:
         meta = part.meta[j]
         out: dict[str, Any] = {"meta": meta}
         for fld, (data, offsets) in part.arrays.items():
-            out[fld] = np.asarray(data[offsets[j] : offsets[j + 1]], np.int64).reshape(meta["shapes"][fld])
+            dt = np.float32 if fld in DTYPES else np.int64
+            out[fld] = np.asarray(data[offsets[j] : offsets[j + 1]], dt).reshape(meta["shapes"][fld])
         return out

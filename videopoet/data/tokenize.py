@@ -131,16 +131,28 @@ def tokenize(data: str, out: str | Path, *, video_model: str | Path | None = Non
     out = Path(out)
     vt = VideoTokenizer.from_pretrained(video_model or asset_dir("video_tokenizer")).eval()
     at = AudioTokenizer.from_pretrained(audio_model or asset_dir("audio_tokenizer")).eval()
-    tt = SentencePieceTextTokenizer.from_pretrained(text_model or asset_dir("text_spm"))
-    vocab = Vocabulary.from_tokenizers(vt, at, tt)
+    text_dir = Path(text_model or asset_dir("text_spm"))
+    if (text_dir / "spm.model").is_file():  # token mode: SentencePiece ids
+        tt = SentencePieceTextTokenizer.from_pretrained(text_dir)
+    else:  # embedding mode: a frozen transformers encoder; its float16 embeddings are stored
+        from videopoet.tokenizers.text import TextEmbedder
+
+        tt = TextEmbedder(text_dir)
+    embedding = not isinstance(tt, SentencePieceTextTokenizer)
+    vocab = Vocabulary.from_tokenizers(vt, at, None if embedding else tt)
     out.mkdir(parents=True, exist_ok=True)
     vfile = out / "vocab.json"
     if vfile.is_file():
         Vocabulary.load(vfile).check_same(vocab, str(vfile), "the tokenizers given to this run")
     elif rank == 0:
         vocab.save(vfile)
-        for name, tok in (("video", vt), ("audio", at), ("text", tt)):
+        for name, tok in (("video", vt), ("audio", at)) + (() if embedding else (("text", tt),)):
             tok.save_pretrained(out / "tokenizers" / name)
+        if embedding:
+            from videopoet.config import save_json
+
+            save_json({"kind": "text_embedder", "model_dir": str(text_dir), "identity": tt.identity,
+                       "embed_dim": tt.embed_dim, "max_length": tt.max_length}, out / "tokenizers" / "text" / "config.json")
     src = _Source(data, frames, size, fps, at.config.sample_rate)
     mine = list(range(rank, src.n, world))
     done = {p.name for p in finished_parts(out)}
@@ -176,7 +188,8 @@ def tokenize(data: str, out: str | Path, *, video_model: str | Path | None = Non
         bar.close()
     rep.seconds = time.time() - t0
     index = merge_index(out, {"vocab": "vocab.json", "data": data, "frames": frames, "size": size, "fps": fps,
-                              "sample_rate": at.config.sample_rate, "world": world})
+                              "sample_rate": at.config.sample_rate, "world": world,
+                              **({"text_embed_dim": tt.embed_dim} if embedding else {})})
     rep.buckets = {b: e["items"] for b, e in index["buckets"].items()}
     with open(out / f"report_r{rank:03d}.json", "w") as f:
         json.dump({"items": rep.items, "written": rep.written, "kept_parts": rep.kept_parts, "skipped": rep.skipped,
@@ -198,7 +211,9 @@ def _encode_batch(items: list[dict[str, Any]], writer: PartWriter, vt, at, tt, s
 
     if not items:
         return
-    texts = tt.encode([it["caption"] for it in items], on_overflow="warn")
+    captions = [it["caption"] for it in items]
+    embedded = None if hasattr(tt, "encode") else tt(captions, on_overflow="warn")  # embedding mode
+    texts = tt.encode(captions, on_overflow="warn") if embedded is None else None
     groups: dict[tuple, list[int]] = {}
     for k, it in enumerate(items):
         groups.setdefault(it["frames"].shape, []).append(k)
@@ -219,7 +234,11 @@ def _encode_batch(items: list[dict[str, Any]], writer: PartWriter, vt, at, tt, s
             it = items[k]
             t, h, w = shape[0], shape[1], shape[2]
             kind = "image" if t == 1 else ("av" if k in audio else "video")
-            fields = {"visual": visual[n].numpy(), "text": texts.ids[k][texts.mask[k]].numpy()}
+            fields = {"visual": visual[n].numpy()}
+            if embedded is None:
+                fields["text"] = texts.ids[k][texts.mask[k]].numpy()
+            else:
+                fields["text_emb"] = embedded.embeddings[k][embedded.mask[k]].half().numpy()
             if struct is not None:
                 fields["structure"] = struct[n].numpy()
             if k in audio:

@@ -145,6 +145,8 @@ def examples_for(task: str, item: dict[str, Any], rng: np.random.Generator, cfg:
     flags = flags or {}
     v = torch.from_numpy(item["visual"])  # (t, h, w)
     text = torch.from_numpy(item["text"]) if "text" in item and len(item["text"]) else None
+    if "text_emb" in item and len(item["text_emb"]):  # embedding mode: float (tokens, D)
+        text = torch.from_numpy(item["text_emb"]).float()
     if flags.get("drop_text"):
         text = None
     frames = int(item["meta"].get("frames", 1 + 4 * (v.shape[0] - 1)))
@@ -316,6 +318,8 @@ class TrainBatch:
     task: str
     tokens: int
     padding: float
+    text_embeds: torch.Tensor | None = None  # (B, N, D) in embedding mode
+    text_positions: torch.Tensor | None = None  # (B, N), -1 = none
 
 
 def collate_examples(seqs: list[Sequence], pad_id: int) -> TrainBatch:
@@ -323,7 +327,8 @@ def collate_examples(seqs: list[Sequence], pad_id: int) -> TrainBatch:
     lengths = torch.tensor([len(s) for s in seqs])
     key_valid = torch.arange(b.ids.shape[1])[None] < lengths[:, None]
     real = int(lengths.sum())
-    return TrainBatch(b.ids, b.prefix_len, b.loss_mask, key_valid, seqs[0].task, real, 1 - real / b.ids.numel())
+    return TrainBatch(b.ids, b.prefix_len, b.loss_mask, key_valid, seqs[0].task, real, 1 - real / b.ids.numel(),
+                      b.text_embeds, b.text_positions)
 
 
 def unigram_baselines(reader, train_n: dict[str, int], heldout: dict[str, tuple[int, int]]) -> dict[str, float]:
@@ -379,7 +384,8 @@ class Pretrainer:
 
         from videopoet.data.shards import ShardReader
         from videopoet.device import lightning_precision, pick_device
-        from videopoet.lm.pretrained import build_lm, load_lm
+        from videopoet.lm.model import PrefixLM
+        from videopoet.lm.pretrained import load_lm
         from videopoet.lm.train import make_optimizer
 
         self.cfg = cfg
@@ -402,9 +408,23 @@ class Pretrainer:
             self.model, vocab = load_lm(src / "model" if (src / "model" / "config.json").is_file() else src)
             self.model.train()
             vocab.check_same(shard_vocab, f"{init_from}/vocab.json", f"{d.shards}/vocab.json")
+            width = int(self.reader.index.get("text_embed_dim", 0))
+            if width != self.model.cfg.text_embed_dim:
+                raise ConfigError(f"{init_from}: text_embed_dim {self.model.cfg.text_embed_dim}, but the shards in "
+                                  f"{d.shards} hold text embeddings of width {width} (0 = token mode)")
         else:
-            self.model, vocab = build_lm(t.model)
+            from videopoet.lm.pretrained import load_preset
+
+            vocab, mcfg = load_preset(t.model)
             vocab.check_same(shard_vocab, f"the model preset {t.model}", f"{d.shards}/vocab.json")
+            width = int(self.reader.index.get("text_embed_dim", 0))  # embedding mode: the encoder's width
+            if width and mcfg.text_embed_dim != width:
+                if fabric is None:
+                    print(f"lm: text_embed_dim {mcfg.text_embed_dim} of {t.model} replaced by the shards' text "
+                          f"encoder width {width}", file=sys.stderr)
+                mcfg.text_embed_dim = width
+            with torch.device("cpu"):
+                self.model = PrefixLM(mcfg)
         self.vocab = vocab
         if t.activation_checkpointing:
             from torch.utils.checkpoint import checkpoint
@@ -448,10 +468,11 @@ class Pretrainer:
                 batch = max(world, batch // world * world)
                 members = np.arange(train_n[b])
                 split = {b: members}
-                if has_text and "text" in self.reader.fields(b) and train_n[b] >= 2 * d.length_group * batch:
+                tf = "text" if "text" in self.reader.fields(b) else "text_emb"
+                if has_text and tf in self.reader.fields(b) and train_n[b] >= 2 * d.length_group * batch:
                     # items sorted by caption length, in groups of >= length_group batches: the rows
                     # of a batch then differ by a few text tokens at most (padding << 1%)
-                    order = members[np.argsort(self.reader.lengths(b, "text")[: train_n[b]], kind="stable")]
+                    order = members[np.argsort(self.reader.lengths(b, tf)[: train_n[b]], kind="stable")]
                     chunks = np.array_split(order, train_n[b] // (d.length_group * batch))
                     split = {f"{b}|len{k}": np.sort(c) for k, c in enumerate(chunks)}
                 for g, m in split.items():
@@ -488,7 +509,9 @@ class Pretrainer:
             g["lr"] = self._lr()
         self.model_f.train()
         start = int(lm[:, 1:].any(0).to(torch.uint8).argmax())
-        loss = self.loss_fn(self.model_f, ids, pl, None if bool(kv.all()) else kv, lm, start)
+        emb = None if b.text_embeds is None else b.text_embeds.to(dev)
+        pos = None if b.text_positions is None else b.text_positions.to(dev)
+        loss = self.loss_fn(self.model_f, ids, pl, None if bool(kv.all()) else kv, lm, start, emb, pos)
         finite = torch.isfinite(loss.detach())
         self.opt.zero_grad(set_to_none=True)
         grad_norm = float("nan")
@@ -527,7 +550,10 @@ class Pretrainer:
                     tb = collate_examples(seqs[k : k + 8], self.vocab.pad_id)
                     ids, lm = tb.ids.to(self.fabric.device), tb.loss_mask.to(self.fabric.device)
                     kv = tb.key_valid.to(self.fabric.device)
-                    h = self.model_f(ids, prefix_len=tb.prefix_len.to(self.fabric.device), key_valid=kv)
+                    emb = None if tb.text_embeds is None else tb.text_embeds.to(self.fabric.device)
+                    pos = None if tb.text_positions is None else tb.text_positions.to(self.fabric.device)
+                    h = self.model_f(ids, prefix_len=tb.prefix_len.to(self.fabric.device), key_valid=kv,
+                                     text_embeds=emb, text_positions=pos)
                     from videopoet.lm.train import masked_lm_loss
 
                     w = int(lm[:, 1:].sum())
@@ -737,8 +763,8 @@ def _peak_flops(device: torch.device) -> float:
 def _loss_fn(compile: bool):
     from videopoet.lm.train import masked_lm_loss
 
-    def f(model, ids, prefix_len, key_valid, loss_mask, start):
-        h = model(ids, prefix_len=prefix_len, key_valid=key_valid)
+    def f(model, ids, prefix_len, key_valid, loss_mask, start, text_embeds=None, text_positions=None):
+        h = model(ids, prefix_len=prefix_len, key_valid=key_valid, text_embeds=text_embeds, text_positions=text_positions)
         # the head is read from the unwrapped PrefixLM (Fabric's wrapper keeps it as .module)
         return masked_lm_loss(getattr(model, "module", model), h, ids, loss_mask, start)
 

@@ -105,7 +105,8 @@ class Pipeline:
         self.vt, self.at, self.tt = video_tokenizer.eval(), audio_tokenizer.eval() if audio_tokenizer else None, text_tokenizer
         self.settings = settings or Settings()
         self.quiet = quiet
-        have = Vocabulary.from_tokenizers(self.vt, self.at, self.tt)
+        self.embedding = not hasattr(text_tokenizer, "encode")  # a frozen text encoder (embedding mode)
+        have = Vocabulary.from_tokenizers(self.vt, self.at, None if self.embedding else self.tt)
         vocab.check_same(have, "the LM's vocab.json", "the pipeline's tokenizers")
         s = self.settings
         tc, sc = self.vt.config.temporal_compression, self.vt.config.spatial_compression
@@ -152,7 +153,12 @@ class Pipeline:
         model, vocab = load_lm(dirs["lm"], map_location=device)
         vt = VideoTokenizer.from_pretrained(dirs["video"])
         at = AudioTokenizer.from_pretrained(dirs["audio"]) if dirs["audio"].is_dir() and vocab.audio_levels else None
-        tt = SentencePieceTextTokenizer.from_pretrained(dirs["text"])
+        if (dirs["text"] / "spm.model").is_file():
+            tt = SentencePieceTextTokenizer.from_pretrained(dirs["text"])
+        else:  # embedding mode: a transformers text encoder directory
+            from videopoet.tokenizers.text import TextEmbedder
+
+            tt = TextEmbedder(dirs["text"])
         return cls(model, vocab, vt, at, tt, settings, quiet=quiet)
 
     def save(self, path: str | Path, *, dtype: torch.dtype | None = torch.float16) -> Path:
@@ -166,7 +172,12 @@ class Pipeline:
         self.vt.save_pretrained(root / PARTS["video"])
         if self.at is not None:
             self.at.save_pretrained(root / PARTS["audio"])
-        self.tt.save_pretrained(root / PARTS["text"])
+        if self.embedding:
+            import shutil
+
+            shutil.copytree(self.tt.model_dir, root / PARTS["text"], dirs_exist_ok=True)
+        else:
+            self.tt.save_pretrained(root / PARTS["text"])
         save_json(to_dict(self.settings), root / PIPELINE_NAME)
         return root
 
@@ -283,6 +294,9 @@ class Pipeline:
             raise InputError(f"{name}: expected a string, got {type(prompt).__name__}")
         if not prompt.strip():
             return None
+        if self.embedding:
+            e = self.tt([prompt], on_overflow="error")
+            return e.embeddings[0][e.mask[0]]
         enc = self.tt.encode([prompt], on_overflow="error")
         return enc.ids[0][enc.mask[0]]
 
