@@ -23,7 +23,7 @@ def tokenize_cmd(*, data: str, out: Path, video_model: Path | None = None, audio
         out: the shard directory to write
         video_model: video tokenizer directory (default: the shipped one)
         audio_model: audio codec directory (default: the shipped one)
-        text_model: SentencePiece directory (default: the shipped one)
+        text_model: SentencePiece directory (token mode; default: the shipped one), or a local transformers text encoder directory such as T5 (embedding mode: float16 embeddings are stored and the LM's projection takes the encoder's width)
         frames: frames per clip (images are 1-frame items)
         size: square frame size
         fps: frame rate clips are sampled at
