@@ -87,7 +87,7 @@ def eval_run(pipe, task: str, prompts: str, out: str | Path, *, model_name: str,
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     jobs = load_jobs(prompts, pipe)
-    per_job, sheets, labels, failed = [], [], [], []
+    per_job, sheets, labels, failed, outputs, truths = [], [], [], [], [], []
     t0 = time.time()
     for k, job in enumerate(jobs):
         try:
@@ -116,6 +116,9 @@ def eval_run(pipe, task: str, prompts: str, out: str | Path, *, model_name: str,
             print(f"eval: job {k} failed: {e}", file=sys.stderr)
             continue
         per_job.append({"index": job.index, "caption": job.caption, **s})
+        if task not in ("extend", "v2a") and frames is not None and len(frames) > 1:
+            outputs.append(frames)
+            truths.append(job.video)
         if len(sheets) < 8 and frames is not None:
             sheets.append(frames[:: max(1, len(frames) // 8)][:8] if len(frames) > 8 else frames)
             labels.append(f"{job.index}: {job.caption}"[:60])
@@ -127,6 +130,10 @@ def eval_run(pipe, task: str, prompts: str, out: str | Path, *, model_name: str,
         summary = _drift_summary(per_job)
     else:
         summary = summarize([{k: v for k, v in s.items() if k not in ("index", "caption")} for s in per_job])
+        if outputs:
+            from videopoet.eval.tasks_eval import fd_probe
+
+            summary["fd_probe"] = fd_probe(outputs, truths)
     result = {"task": task, "model": model_name, "prompts": prompts, "jobs": len(jobs), "scored": len(per_job),
               "failed": failed, "seed": seed, "sampling": {k: v for k, v in gen.items() if k != "progress"},
               "summary": summary, "per_job": per_job, "seconds": time.time() - t0, "command": command,

@@ -17,7 +17,9 @@ signal measure against the ground truth:
 - stylize: motion agreement: cosine similarity of the output's optical flow with the structure's;
 - v2a: tone identity (the N strongest tones vs the objects' tones) and the share of the picture's
   bounces (ground-truth click times) with a click within 50 ms;
-- avcont: colour kept, tone kept.
+- avcont: colour kept, tone kept;
+- every task with video output: `fd_probe`, a Fréchet distance between the outputs and the
+  ground-truth clips in the space of the probes' readings (an in-domain FVD; `probe_features`).
 `drift` gives the long-video measures: per chunk, PSNR/SSIM against the first chunk, identity
 (colours and shapes read in the chunk that the first chunk has), and flicker (mean absolute
 frame-to-frame change at the seams between chunks vs inside them).
@@ -160,6 +162,39 @@ def summarize(per_job: list[dict[str, Any]]) -> dict[str, float]:
         allv = [a and b and c for s in rows for a, b, c in zip(s["colour_exact"], s["shape"], s["direction"], strict=True)]
         out["all_three"] = float(np.mean(allv)) if allv else math.nan
     return out
+
+
+# ------------------------------------------------------------------------------- in-domain Fréchet
+def probe_features(frames: np.ndarray) -> np.ndarray:
+    """A clip -> (9,) features the probes read: the share of pixels of each palette colour (6), the
+    objects' mean centroid speed (px/frame), the mean absolute frame-to-frame change and the number
+    of colours seen. The in-domain Fréchet distance (`fd_probe`) is computed between the
+    generated clips' and the ground-truth clips' features."""
+    from videopoet.eval.readback import _colour_weight
+
+    v = np.asarray(frames)
+    share = [float(np.mean([_colour_weight(f, c).mean() for f in v])) for c in S.COLOURS]
+    tracks = S.colour_tracks(v)
+    speeds = []
+    for tr in tracks.values():
+        d = np.hypot(*np.diff(tr, axis=0).T)
+        speeds += [float(x) for x in d if np.isfinite(x)]
+    change = float(np.abs(np.diff(v.astype(np.float32), axis=0)).mean()) if len(v) > 1 else 0.0
+    return np.array(share + [float(np.mean(speeds)) if speeds else 0.0, change, float(len(tracks))], np.float64)
+
+
+def fd_probe(generated: list[np.ndarray], real: list[np.ndarray]) -> float:
+    """Fréchet distance between Gaussians of `probe_features` (float64; a small ridge keeps the
+    covariances of a dozen clips well conditioned)."""
+    from videopoet.eval.frechet import frechet_distance, gaussian_stats
+
+    if min(len(generated), len(real)) < 2:
+        return math.nan
+    a = np.stack([probe_features(v) for v in generated])
+    b = np.stack([probe_features(v) for v in real])
+    (m1, s1), (m2, s2) = gaussian_stats(a), gaussian_stats(b)
+    ridge = 1e-6 * np.eye(a.shape[1])
+    return float(frechet_distance(m1, s1 + ridge, m2, s2 + ridge))
 
 
 # ------------------------------------------------------------------------------------------- drift
