@@ -107,3 +107,23 @@ def test_the_in_domain_frechet_distance_is_zero_for_the_same_clips_and_grows_wit
     grey = [np.repeat(v.mean(-1, keepdims=True), 3, -1).astype(np.uint8) for v in real]
     still = [np.repeat(v[:1], len(v), 0) for v in real]
     assert fd_probe(grey, real) > 1.0 and fd_probe(still, real) > 1.0  # colour gone; motion gone (measured 10.3, 11.6)
+
+
+def test_the_probe_gate_passes_on_the_truth_and_refuses_a_set_it_cannot_read(jobs, monkeypatch):
+    from videopoet.eval import run as R
+
+    ok = R.validate_probes("t2v", jobs)
+    assert ok["ground_truth"] >= R.PROBE_GATE and ok["fields"] == ["colour_exact", "shape", "direction"]
+    assert R.validate_probes("v2a", jobs)["ground_truth"] == 1.0
+    # a job set whose frames the probes cannot read (blank video): scoring is refused before generating
+    blank = [R.Job(j.index, j.caption, np.full_like(j.video, 128), j.audio, j.attributes) for j in jobs]
+    monkeypatch.setattr(R, "load_jobs", lambda prompts, pipe: blank)
+
+    class NoPipe:
+        at = None
+
+        def encode_video(self, v):
+            raise AssertionError("nothing is generated before the gate")
+
+    with pytest.raises(R.InputError, match="probes read only 0.0%"):
+        R.eval_run(NoPipe(), "t2v", "shapes:6:7070", "/tmp/never", model_name="x")

@@ -79,14 +79,49 @@ def load_jobs(prompts: str, pipe) -> list[Job]:
     raise InputError(f"--prompts {prompts!r}: expected shapes:N[:SEED[:single|multi]] (prompts with ground truth)")
 
 
+PROBE_GATE = 0.95  # the probes must read this share of the ground truth's attributes before scoring
+
+
+def validate_probes(task: str, jobs: list[Job], pipe=None) -> dict[str, Any]:
+    """The probes on the jobs' ground truth (pooled over the attributes the task is scored on:
+    colour, shape, direction for video; tones and clicks for sound) and, with a pipeline, on the
+    tokenizers' round trip of it: the ceiling an LM's outputs can reach through these tokenizers."""
+    from videopoet.tasks.pipeline import Result
+
+    fields = {"v2a": ("tone", "clicks")}.get(task, ("colour_exact", "shape", "direction"))
+    key = "v2a" if task == "v2a" else "t2v"
+
+    def pooled(results):
+        s = [score(key, j, r) for j, r in zip(jobs, results, strict=True)]
+        vals = [x for d in s for f in fields for x in d.get(f, [])]
+        return float(np.mean(vals)) if vals else math.nan, summarize(s)
+
+    truth, truth_s = pooled([Result("truth", j.video, 8.0, j.audio, 16000) for j in jobs])
+    out: dict[str, Any] = {"fields": list(fields), "ground_truth": truth, "ground_truth_scores": truth_s}
+    if pipe is not None:
+        rt = []
+        for j in jobs:
+            audio = pipe.decode_audio(pipe.encode_audio(j.audio)) if pipe.at is not None else j.audio
+            rt.append(Result("round_trip", pipe.decode_video(pipe.encode_video(j.video))[: len(j.video)], 8.0, audio,
+                             pipe.at.sample_rate if pipe.at else 16000))
+        out["round_trip"], out["round_trip_scores"] = pooled(rt)
+    return out
+
+
 def eval_run(pipe, task: str, prompts: str, out: str | Path, *, model_name: str, seed: int = 0, samples: int = 4,
              seconds: float = 6.0, anchor: bool = True, command: str | None = None, progress: bool = True,
-             **gen) -> dict[str, Any]:
+             probe_gate: bool = True, **gen) -> dict[str, Any]:
     from videopoet.data.writers import write_contact_sheet
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     jobs = load_jobs(prompts, pipe)
+    probes = validate_probes(task, jobs)
+    if probe_gate and not probes["ground_truth"] >= PROBE_GATE:
+        raise InputError(f"eval: the probes read only {probes['ground_truth']:.1%} of the ground truth's "
+                         f"{'/'.join(probes['fields'])} on {prompts} (gate {PROBE_GATE:.0%}): scores would not mean "
+                         "anything (--no-probe-gate to score anyway)")
+    probes = validate_probes(task, jobs, pipe)  # + the tokenizers' round trip: the ceiling
     per_job, sheets, labels, failed, outputs, truths = [], [], [], [], [], []
     t0 = time.time()
     for k, job in enumerate(jobs):
@@ -136,7 +171,7 @@ def eval_run(pipe, task: str, prompts: str, out: str | Path, *, model_name: str,
             summary["fd_probe"] = fd_probe(outputs, truths)
     result = {"task": task, "model": model_name, "prompts": prompts, "jobs": len(jobs), "scored": len(per_job),
               "failed": failed, "seed": seed, "sampling": {k: v for k, v in gen.items() if k != "progress"},
-              "summary": summary, "per_job": per_job, "seconds": time.time() - t0, "command": command,
+              "summary": summary, "probe_validation": probes, "per_job": per_job, "seconds": time.time() - t0, "command": command,
               **({"extend": {"seconds": seconds, "anchor": anchor}} if task == "extend" else {})}
     (out / "scores.json").write_text(json.dumps(result, indent=1, default=_json_default))
     return result
@@ -200,6 +235,12 @@ def write_report(runs: list[str | Path], out: str | Path, *, train_logs: list[st
             vals = [r["summary"].get(m, math.nan) for m in metrics]
             table[label] = dict(zip(metrics, vals, strict=True))
             lines.append(f"| {label} | " + " | ".join(_fmt(v) for v in vals) + " |")
+        pv = rs[0][1].get("probe_validation") or {}
+        for name, key in (("ground truth (probe check)", "ground_truth_scores"), ("tokenizer round trip (ceiling)", "round_trip_scores")):
+            if key in pv:
+                vals = [pv[key].get(m, math.nan) for m in metrics]
+                table[name] = dict(zip(metrics, vals, strict=True))
+                lines.append(f"| *{name}* | " + " | ".join(_fmt(v) for v in vals) + " |")
         figures["tasks"][task] = table
         fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(metrics), 3))
         w = 0.8 / max(1, len(rs))
