@@ -12,7 +12,8 @@ signal measure against the ground truth:
   and `all_three` (colour_exact, shape and direction right);
 - t2i: colour and shape of the first frame;
 - i2v: the first frame's objects kept (colour, shape) and the ground truth's direction;
-- continue: identity kept in the new frames, direction, PSNR of the new frames against the truth;
+- continue: identity and direction in the new frames (from the last context frame on) against the
+  probes' reading of the ground truth's same frames, PSNR of the new frames against the truth;
 - inpaint, outpaint: PSNR inside and outside the regenerated region against the ground truth;
 - stylize: motion agreement: cosine similarity of the output's optical flow with the structure's;
 - v2a: tone identity (the N strongest tones vs the objects' tones) and the share of the picture's
@@ -142,8 +143,13 @@ def score(task: str, job: Job, result, extra: dict[str, Any] | None = None) -> d
     elif task == "i2v":
         out.update(_attr_scores(job.attributes, f))
     elif task == "continue":
+        # read from the last context frame on (the context itself is the input), against the
+        # probes' reading of the ground truth's same frames (a bounce may have turned it)
         n_ctx = extra.get("context_frames", 5)
-        out.update(_attr_scores(job.attributes, f))
+        truth = _truth(job.attributes)
+        ref, got = read_objects(job.video[n_ctx - 1 :]), read_objects(f[n_ctx - 1 :])
+        cmp = compare_readings({c: r for c, r in ref.items() if c in truth}, got, sorted(truth))
+        out.update({k: cmp[k] for k in ("colour", "shape", "direction")})
         out["psnr_new"] = _psnr(f[n_ctx:], job.video[n_ctx : len(f)])
     elif task in ("inpaint", "outpaint"):
         region = extra["region"]  # (T, H, W) bool, True = regenerated
