@@ -164,3 +164,21 @@ def test_the_embedded_default_is_complete_and_within_25_mb():
     assert pipe.latent == (5, 16, 16) and pipe.audio_frames == 106
     info = json.loads((ASSETS / "lm" / "training.json").read_text())
     assert info["parameters"] == sum(p.numel() for p in pipe.lm.parameters())
+
+
+def test_stylize_takes_depth_from_a_local_transformers_model_and_says_which_structure(pipe, clip, tmp_path):
+    from transformers import DPTConfig, DPTForDepthEstimation, DPTImageProcessor
+
+    cfg = DPTConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64, image_size=32,
+                    patch_size=8, backbone_out_indices=[0, 1, 2, 3], neck_hidden_sizes=[8, 16, 32, 32],
+                    fusion_hidden_size=16, reassemble_factors=[4, 2, 1, 0.5])
+    torch.manual_seed(0)
+    DPTForDepthEstimation(cfg).save_pretrained(tmp_path / "dpt")  # random weights: the plumbing
+    DPTImageProcessor(size={"height": 32, "width": 32}, keep_aspect_ratio=False).save_pretrained(tmp_path / "dpt")
+    with_depth = pipe.stylize(clip.video, "a green diamond", depth_model=str(tmp_path / "dpt"), seed=0)
+    edges = pipe.stylize(clip.video, "a green diamond", seed=0)
+    assert any("depth: given" in n and "dpt" in n for n in with_depth.notes)
+    assert any("edges: OpenCV Canny" in n for n in edges.notes)
+    assert not torch.equal(with_depth.tokens["structure"], edges.tokens["structure"])
+    with pytest.raises(InputError, match="not a directory"):
+        pipe.stylize(clip.video, "x", depth_model=str(tmp_path / "nope"))
