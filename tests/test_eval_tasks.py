@@ -132,6 +132,6 @@ def test_the_probe_gate_passes_on_the_truth_and_refuses_a_set_it_cannot_read(job
 def test_continuation_is_scored_on_the_new_frames_only(jobs):
     truth = summarize([score("continue", j, _as_result(j), {"context_frames": 5}) for j in jobs])
     frozen = [np.concatenate([j.video[:5], np.repeat(j.video[4:5], 12, 0)]) for j in jobs]
-    still = summarize([score("continue", j, _as_result(j, f), {"context_frames": 5}) for j, f in zip(jobs, frozen)])
+    still = summarize([score("continue", j, _as_result(j, f), {"context_frames": 5}) for j, f in zip(jobs, frozen, strict=True)])
     assert truth["direction"] == 1.0 and truth["psnr_new"] == pytest.approx(100.0)
     assert still["direction"] == 0.0 and still["colour"] == 1.0  # the context's motion is not the model's

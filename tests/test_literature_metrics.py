@@ -18,7 +18,7 @@ def _tiny_clip(tmp_path):
 
     words = ["red", "blue", "circle", "square", "a"]
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, **{w + "</w>": i + 2 for i, w in enumerate(words)}}
-    for i, ch in enumerate("abcdefghijklmnopqrstuvwxyz"):
+    for ch in "abcdefghijklmnopqrstuvwxyz":
         vocab.setdefault(ch, len(vocab))
         vocab.setdefault(ch + "</w>", len(vocab))
     (tmp_path / "vocab.json").write_text(json.dumps(vocab))

@@ -186,8 +186,8 @@ def test_every_attention_backend_generates_the_same_tokens():
 
 def test_pinned_output_codes_are_kept_and_the_rest_samples_as_before():
     from videopoet.lm.generate import generate, make_prompt
-    from videopoet.lm.sequence import build_sequence, output_codes
     from videopoet.lm.pretrained import build_lm
+    from videopoet.lm.sequence import build_sequence, output_codes
 
     torch.manual_seed(0)
     model, vocab = build_lm("debug")

@@ -221,8 +221,8 @@ def fd_probe(generated: list[np.ndarray], real: list[np.ndarray]) -> float:
 # ------------------------------------------------------------------------------------------- drift
 def drift(chunks: list[np.ndarray]) -> dict[str, list[float] | float]:
     """Long-video drift from the chunks of a chained continuation (chunk 0 = the input clip)."""
-    from videopoet.eval.video_metrics import ssim
     from videopoet.data.media import video_to_tensor
+    from videopoet.eval.video_metrics import ssim
 
     first = chunks[0]
     ref_objects = read_objects(first)

@@ -145,7 +145,7 @@ def generate_cmd(task: Task, /, *, prompt: str | None = None, negative_prompt: s
             job = {**{k: v for k, v in flags.items() if v is not None and k not in ("prompt",)}, **job}
             t = job.pop("task", task)
             r = _call(pipe, t, job, sampling)
-            for k, step in enumerate(job.get("then") or []):  # chaining: the output is the next input
+            for step in job.get("then") or []:  # chaining: the output is the next input
                 nxt = dict(step)
                 t2 = nxt.pop("task")
                 key = {"i2v": "image", "a2v": "audio"}.get(t2, "video")

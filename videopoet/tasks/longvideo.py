@@ -83,8 +83,9 @@ class StreamWriter:
         self.n = 0
 
     def write(self, frames: np.ndarray) -> None:
-        import av
         from fractions import Fraction
+
+        import av
 
         from videopoet.data.writers import _even_pad
 
