@@ -135,3 +135,24 @@ def test_continuation_is_scored_on_the_new_frames_only(jobs):
     still = summarize([score("continue", j, _as_result(j, f), {"context_frames": 5}) for j, f in zip(jobs, frozen, strict=True)])
     assert truth["direction"] == 1.0 and truth["psnr_new"] == pytest.approx(100.0)
     assert still["direction"] == 0.0 and still["colour"] == 1.0  # the context's motion is not the model's
+
+
+def test_the_copy_baseline_fills_each_masked_cell_from_its_nearest_kept_cell():
+    import torch
+
+    from videopoet.eval.run import nearest_copy
+
+    class Echo:  # "decodes" codes to themselves
+        class settings:
+            frames = 2
+
+        @staticmethod
+        def decode_video(codes):
+            return codes.numpy()
+
+    codes = torch.arange(2 * 4 * 4).reshape(2, 4, 4)
+    masked = codes.clone()
+    masked[:, :, 2:] = -1  # the right half of every latent frame
+    filled = nearest_copy(Echo(), masked)
+    assert (filled[:, :, 2] == codes[:, :, 1].numpy()).all() and (filled[:, :, 3] == codes[:, :, 1].numpy()).all()
+    assert (filled[:, :, :2] == codes[:, :, :2].numpy()).all()

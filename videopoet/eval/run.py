@@ -53,12 +53,12 @@ def run_one(pipe, task: str, job: Job, *, seed: int, **gen):
     if task == "continue":
         extra["context_frames"] = 1 + (pipe.settings.context_frames - 1) * pipe.vt.config.temporal_compression
         return pipe.continue_video(job.video, job.caption, seed=seed, **gen), extra
-    if task == "inpaint":
-        extra["region"] = _region(pipe, "inpaint")
-        return pipe.inpaint(job.video, box=INPAINT_BOX, prompt=job.caption, seed=seed, **gen), extra
-    if task == "outpaint":
-        extra["region"] = _region(pipe, "outpaint")
-        return pipe.outpaint(job.video, margins=OUTPAINT_MARGINS, prompt=job.caption, seed=seed, **gen), extra
+    if task in ("inpaint", "outpaint"):
+        extra["region"] = _region(pipe, task)
+        r = (pipe.inpaint(job.video, box=INPAINT_BOX, prompt=job.caption, seed=seed, **gen) if task == "inpaint"
+             else pipe.outpaint(job.video, margins=OUTPAINT_MARGINS, prompt=job.caption, seed=seed, **gen))
+        extra["copy_baseline"] = nearest_copy(pipe, r.tokens["masked"])
+        return r, extra
     if task == "stylize":
         sv, _ = structure_video(job.video, flow=job.flow, depth=job.depth)  # ground-truth structure
         return pipe.stylize(job.video, job.caption, structure=sv, seed=seed, **gen), extra
@@ -69,6 +69,21 @@ def run_one(pipe, task: str, job: Job, *, seed: int, **gen):
     if task == "avcont":
         return pipe.avcont(job.video, audio=job.audio, seed=seed, **gen), extra
     raise InputError(f"--task {task!r}: unknown (known: {', '.join(TASKS)}, extend)")
+
+
+def nearest_copy(pipe, masked) -> np.ndarray:
+    """The baseline a masked task must beat: every masked latent cell takes the code of the nearest
+    unmasked cell of its latent frame, decoded."""
+    import torch
+    from scipy import ndimage
+
+    codes = masked.clone()
+    for t in range(codes.shape[0]):
+        hole = (codes[t] < 0).numpy()
+        if hole.any() and not hole.all():
+            _, (iy, ix) = ndimage.distance_transform_edt(hole, return_indices=True)
+            codes[t] = codes[t][torch.from_numpy(iy), torch.from_numpy(ix)]
+    return pipe.decode_video(codes)[: pipe.settings.frames]
 
 
 def load_jobs(prompts: str, pipe) -> list[Job]:

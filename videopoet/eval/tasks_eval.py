@@ -14,7 +14,8 @@ signal measure against the ground truth:
 - i2v: the first frame's objects kept (colour, shape) and the ground truth's direction;
 - continue: identity and direction in the new frames (from the last context frame on) against the
   probes' reading of the ground truth's same frames, PSNR of the new frames against the truth;
-- inpaint, outpaint: PSNR inside and outside the regenerated region against the ground truth;
+- inpaint, outpaint: PSNR inside and outside the regenerated region against the ground truth,
+  and inside it for the baseline of copying the nearest unmasked codes (`psnr_region_copy`);
 - stylize: motion agreement: cosine similarity of the output's optical flow with the structure's;
 - v2a: tone identity (the N strongest tones vs the objects' tones) and the share of the picture's
   bounces (ground-truth click times) with a click within 50 ms;
@@ -155,6 +156,8 @@ def score(task: str, job: Job, result, extra: dict[str, Any] | None = None) -> d
         region = extra["region"]  # (T, H, W) bool, True = regenerated
         out["psnr_region"] = _psnr(f, job.video, region)
         out["psnr_kept"] = _psnr(f, job.video, ~region)
+        if "copy_baseline" in extra:  # the nearest unmasked codes copied into the region, decoded
+            out["psnr_region_copy"] = _psnr(extra["copy_baseline"], job.video, region)
         out.update(_attr_scores(job.attributes, f, ("colour",)))
     elif task == "stylize":
         out["flow_agreement"] = _flow_agreement(f, job.flow)
