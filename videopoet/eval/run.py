@@ -97,30 +97,39 @@ def load_jobs(prompts: str, pipe) -> list[Job]:
 PROBE_GATE = 0.95  # the probes must read this share of the ground truth's attributes before scoring
 
 
-def validate_probes(task: str, jobs: list[Job], pipe=None) -> dict[str, Any]:
-    """The probes on the jobs' ground truth (pooled over the attributes the task is scored on:
-    colour, shape, direction for video; tones and clicks for sound) and, with a pipeline, on the
-    tokenizers' round trip of it: the ceiling an LM's outputs can reach through these tokenizers."""
+def _probe_fields(task: str) -> tuple[tuple[str, ...], str]:
+    """The attributes a task is scored on (colour, shape, direction; tones and clicks for sound)
+    and the task whose scorer reads them."""
+    return (("tone", "clicks"), "v2a") if task == "v2a" else (("colour_exact", "shape", "direction"), "t2v")
+
+
+def _pooled(task: str, jobs: list[Job], results) -> tuple[float, dict[str, float]]:
+    fields, key = _probe_fields(task)
+    s = [score(key, j, r) for j, r in zip(jobs, results, strict=True)]
+    vals = [x for d in s for f in fields for x in d.get(f, [])]
+    return float(np.mean(vals)) if vals else math.nan, summarize(s)
+
+
+def validate_probes(task: str, jobs: list[Job]) -> dict[str, Any]:
+    """The probes on the jobs' ground truth, pooled over the attributes the task is scored on."""
     from videopoet.tasks.pipeline import Result
 
-    fields = {"v2a": ("tone", "clicks")}.get(task, ("colour_exact", "shape", "direction"))
-    key = "v2a" if task == "v2a" else "t2v"
+    truth, truth_s = _pooled(task, jobs, [Result("truth", j.video, 8.0, j.audio, 16000) for j in jobs])
+    return {"fields": list(_probe_fields(task)[0]), "ground_truth": truth, "ground_truth_scores": truth_s}
 
-    def pooled(results):
-        s = [score(key, j, r) for j, r in zip(jobs, results, strict=True)]
-        vals = [x for d in s for f in fields for x in d.get(f, [])]
-        return float(np.mean(vals)) if vals else math.nan, summarize(s)
 
-    truth, truth_s = pooled([Result("truth", j.video, 8.0, j.audio, 16000) for j in jobs])
-    out: dict[str, Any] = {"fields": list(fields), "ground_truth": truth, "ground_truth_scores": truth_s}
-    if pipe is not None:
-        rt = []
-        for j in jobs:
-            audio = pipe.decode_audio(pipe.encode_audio(j.audio)) if pipe.at is not None else j.audio
-            rt.append(Result("round_trip", pipe.decode_video(pipe.encode_video(j.video))[: len(j.video)], 8.0, audio,
-                             pipe.at.sample_rate if pipe.at else 16000))
-        out["round_trip"], out["round_trip_scores"] = pooled(rt)
-    return out
+def round_trip_ceiling(task: str, jobs: list[Job], pipe) -> dict[str, Any]:
+    """The same probes on the tokenizers' round trip of the ground truth: the ceiling an LM's
+    outputs can reach through these tokenizers."""
+    from videopoet.tasks.pipeline import Result
+
+    rt = []
+    for j in jobs:
+        audio = pipe.decode_audio(pipe.encode_audio(j.audio)) if pipe.at is not None else j.audio
+        rt.append(Result("round_trip", pipe.decode_video(pipe.encode_video(j.video))[: len(j.video)], 8.0, audio,
+                         pipe.at.sample_rate if pipe.at else 16000))
+    value, scores = _pooled(task, jobs, rt)
+    return {"round_trip": value, "round_trip_scores": scores}
 
 
 def eval_run(pipe, task: str, prompts: str, out: str | Path, *, model_name: str, seed: int = 0, samples: int = 4,
@@ -136,7 +145,7 @@ def eval_run(pipe, task: str, prompts: str, out: str | Path, *, model_name: str,
         raise InputError(f"eval: the probes read only {probes['ground_truth']:.1%} of the ground truth's "
                          f"{'/'.join(probes['fields'])} on {prompts} (gate {PROBE_GATE:.0%}): scores would not mean "
                          "anything (--no-probe-gate to score anyway)")
-    probes = validate_probes(task, jobs, pipe)  # + the tokenizers' round trip: the ceiling
+    probes.update(round_trip_ceiling(task, jobs, pipe))
     per_job, sheets, labels, failed, outputs, truths = [], [], [], [], [], []
     t0 = time.time()
     for k, job in enumerate(jobs):

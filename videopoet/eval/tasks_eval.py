@@ -58,20 +58,9 @@ class Job:
 def shapes_jobs(spec: str, *, frames: int = 17, size: int = 64, fps: float = 8.0, sample_rate: int = 16000) -> list[Job]:
     """`shapes:N[:SEED[:single|multi]]` -> jobs (SEED 7070 by default; 1-2 objects as in training,
     single: one, multi: 2-4)."""
-    from videopoet.errors import InputError
+    from videopoet.eval.tokenizer_eval import parse_shapes_spec
 
-    parts = spec.split(":")
-    if parts[0] != "shapes" or len(parts) < 2:
-        raise InputError(f"--prompts {spec!r}: expected shapes:N[:SEED[:single|multi]] or a JSONL file")
-    try:
-        n, seed = int(parts[1]), int(parts[2]) if len(parts) > 2 else 7070
-    except ValueError:
-        raise InputError(f"--prompts {spec!r}: N and SEED are integers") from None
-    mode = parts[3] if len(parts) > 3 else ""
-    objects = {"single": (1, 1), "multi": (2, 4), "": (1, 2)}  # "": as in training (1-2 objects)
-    if mode not in objects:
-        raise InputError(f"--prompts {spec!r}: the mode is single or multi (or nothing: 1-2 objects)")
-    lo, hi = objects[mode]
+    n, seed, lo, hi = parse_shapes_spec(spec, 7070, "--prompts")
     cfg = S.ShapesConfig(size=size, frames=frames, fps=fps, sample_rate=sample_rate, min_objects=lo, max_objects=hi)
     jobs = []
     for i in range(n):

@@ -49,20 +49,28 @@ class EvalSet:
     description: str = ""
 
 
-def _shapes_set(spec: str, frames: int, size: int, sample_rate: int) -> EvalSet:
-    from videopoet.data.shapes import ShapesDataset
-
+def parse_shapes_spec(spec: str, default_seed: int, flag: str = "--data") -> tuple[int, int, int, int]:
+    """`shapes:N[:SEED[:single|multi]]` -> (N, seed, fewest objects, most objects); 1-2 objects
+    (as in training) without a count, single: 1, multi: 2-4."""
     parts = spec.split(":")
     try:
+        if parts[0] != "shapes":
+            raise ValueError
         num = int(parts[1])
-        seed = int(parts[2]) if len(parts) > 2 and parts[2] else EVAL_SEED
+        seed = int(parts[2]) if len(parts) > 2 and parts[2] else default_seed
     except (IndexError, ValueError):
-        raise InputError(f"--data {spec!r}: expected shapes:N[:SEED[:single|multi]]") from None
+        raise InputError(f"{flag} {spec!r}: expected shapes:N[:SEED[:single|multi]]") from None
     kind = parts[3] if len(parts) > 3 else ""
     objects = {"single": (1, 1), "multi": (2, 4), "": (1, 2)}
     if kind not in objects:
-        raise InputError(f"--data {spec!r}: the object count is 'single' or 'multi', got {kind!r}")
-    lo, hi = objects[kind]
+        raise InputError(f"{flag} {spec!r}: the object count is 'single' or 'multi', got {kind!r}")
+    return (num, seed, *objects[kind])
+
+
+def _shapes_set(spec: str, frames: int, size: int, sample_rate: int) -> EvalSet:
+    from videopoet.data.shapes import ShapesDataset
+
+    num, seed, lo, hi = parse_shapes_spec(spec, EVAL_SEED)
     ds = ShapesDataset(num, seed=seed, ground_truth=False, size=size, frames=frames, sample_rate=sample_rate,
                        min_objects=lo, max_objects=hi)
     items = []

@@ -220,8 +220,7 @@ def generate(
     temp_t, scale_t = _as_tensor(temperature, device), _as_tensor(scales[0], device)
     forced = prompt.forced.to(device) if prompt.forced is not None else None
     pinned = [False] * T_out if forced is None else (forced >= 0).all(0).tolist()  # whole column pinned
-    vis_lo = model.cfg.visual_offset
-    vis_range = (vis_lo, vis_lo + model.n_visual) if model.n_visual else None
+    vis_range = (model.cfg.visual_offset, model.cfg.visual_offset + model.n_visual) if model.n_visual else None
     how = Sampling(batch=B, guided=uncond is not None, greedy=greedy, top_k=top_k, top_p=float(top_p))
 
     # one uniform per row and position, sampled or forced, drawn up front: the same stream on

@@ -333,7 +333,7 @@ class PrefixLM(nn.Module):
         if lo < min(hi, vo):
             parts.append(linear(h, W[lo : min(hi, vo)]))
         if max(lo, vo) < min(hi, ve):
-            lh, ll = linear(h, self.vis_head).split([1 << self.hi_bits, 1 << self.lo_bits], dim=-1)
+            lh, ll = self.visual_factor_logits(h)
             full = (lh[..., :, None] + ll[..., None, :]).flatten(-2)  # code = hi << lo_bits | lo
             parts.append(full[..., max(lo, vo) - vo : min(hi, ve) - vo])
         if max(lo, ve) < hi:

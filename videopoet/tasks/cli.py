@@ -213,20 +213,24 @@ def quickstart(*, out: Path = Path("demo_out"), num: int = 6, size: int = 64, se
         print(f"(the embedded LM makes 64x64 clips: the task demo runs with --size 64, not {size})")
 
 
+def _objects_read(v) -> str:
+    """What the probes read in a clip: "colour shape direction" per object."""
+    from videopoet.eval.readback import read_objects
+
+    got = read_objects(v)
+    return ", ".join(f"{c} {o.shape or '?'} {o.direction or '?'}" for c, o in sorted(got.items())) or "nothing"
+
+
 def _generate_demo(clips, out: Path) -> None:
     """The embedded LM on a few tasks, each output read back by the probes."""
     import time
 
-    from videopoet.eval.readback import read_objects, read_tones
+    from videopoet.eval.readback import read_tones
     from videopoet.tasks.longvideo import extend
     from videopoet.tasks.pipeline import Pipeline
 
     t0 = time.time()
     pipe = Pipeline.from_pretrained(quiet=True)
-
-    def objects(v):
-        got = read_objects(v)
-        return ", ".join(f"{c} {o.shape or '?'} {o.direction or '?'}" for c, o in sorted(got.items())) or "nothing"
 
     prompt = clips[1].caption if len(clips) > 1 else clips[0].caption
     jobs = [
@@ -240,7 +244,7 @@ def _generate_demo(clips, out: Path) -> None:
         t = time.time()
         r = fn()
         path = r.save(out / f"{name}.mp4")
-        said = f"reads {objects(r.frames)}"
+        said = f"reads {_objects_read(r.frames)}"
         if name == "v2a":
             n = len(clips[0].attributes["objects"])
             said = "tones " + ", ".join(f"{c} {s}" for s, c in sorted(read_tones(r.audio, r.sample_rate, n)))
@@ -276,14 +280,10 @@ def _tokenizer_round_trip(clip, path: Path) -> None:
     print(f"shipped tokenizers on clip 0: video -> {tuple(vcodes.shape[1:])} tokens, PSNR {psnr(x, x_hat):.1f} dB, "
           f"SSIM {ssim(x, x_hat):.3f}; audio -> {tuple(acodes.shape[1:])} tokens, "
           f"mel distance {mel_distance(a[..., : a_hat.shape[-1]], a_hat, atok.sample_rate):.3f}")
-    from videopoet.eval.readback import read_objects, read_tones
-
-    def objects(v):
-        got = read_objects(v)
-        return ", ".join(f"{c} {o.shape or '?'} {o.direction or '?'}" for c, o in sorted(got.items())) or "nothing"
+    from videopoet.eval.readback import read_tones
 
     n = len(clip.attributes["objects"])
     tones = lambda w: ", ".join(f"{c} {s}" for s, c in sorted(read_tones(w, atok.sample_rate, n)))  # noqa: E731
-    print(f"read back from the original:   {objects(clip.video)}; tones: {tones(clip.audio[0])}")
-    print(f"read back from the round trip: {objects(tensor_to_video(x_hat))}; tones: {tones(a_hat[0, 0].numpy())}")
+    print(f"read back from the original:   {_objects_read(clip.video)}; tones: {tones(clip.audio[0])}")
+    print(f"read back from the round trip: {_objects_read(tensor_to_video(x_hat))}; tones: {tones(a_hat[0, 0].numpy())}")
     print(f"reconstruction (original | decoded, with decoded sound): {path}")

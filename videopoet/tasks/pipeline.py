@@ -337,8 +337,11 @@ class Pipeline:
         out = output_codes(self.vocab, seq, ids.cpu())
         return out if rows > 1 else {k: v[0] for k, v in out.items()}
 
-    def _guided(self, inputs: dict, drop: tuple[str, ...], negative_prompt: str | None) -> dict:
-        """The guidance branch: `drop` removed, the text replaced by a negative prompt if given."""
+    def _guided(self, inputs: dict, drop: tuple[str, ...], negative_prompt: str | None) -> dict | None:
+        """The guidance branch: `drop` removed, the text replaced by a negative prompt if given;
+        None (no guidance) when the inputs have none of `drop`."""
+        if not any(k in inputs for k in drop):
+            return None
         u = {k: v for k, v in inputs.items() if k not in drop}
         neg = self._text(negative_prompt, "negative_prompt")
         if neg is not None:
@@ -366,8 +369,8 @@ class Pipeline:
         text = self._text(prompt)
         inputs = {} if text is None else {"text": text}
         codes = self.generate_codes("t2v" if text is not None else "uncond", inputs, {"video": self.latent},
-                                    frames=self.settings.frames, uncond_inputs=self._guided(inputs, ("text",), negative_prompt)
-                                    if text is not None else None, seed=seed, **kw)
+                                    frames=self.settings.frames, uncond_inputs=self._guided(inputs, ("text",), negative_prompt),
+                                    seed=seed, **kw)
         return self._result("t2v", codes["video"], None, prompt=prompt, seed=seed, notes=notes)
 
     def t2i(self, prompt: str, *, negative_prompt: str | None = None, seed: int | None = 0, **kw) -> Result:
@@ -391,7 +394,7 @@ class Pipeline:
         want = torch.full(self.latent, -1, dtype=torch.long)
         want[0] = first[0]
         codes = self.generate_codes("i2v", inputs, {"video": want}, frames=self.settings.frames,
-                                    uncond_inputs=self._guided(inputs, ("text",), negative_prompt) if text is not None else None,
+                                    uncond_inputs=self._guided(inputs, ("text",), negative_prompt),
                                     seed=seed, **kw)
         return self._result("i2v", codes["video"], None, prompt=prompt, seed=seed, notes=notes)
 
@@ -423,7 +426,7 @@ class Pipeline:
             inputs["text"] = text
         t = self.latent[0] - ctx.shape[0]
         out = self.generate_codes("frame_pred", inputs, {"video": (t, *self.latent[1:])}, frames=self.settings.frames,
-                                  uncond_inputs=self._guided(inputs, ("text",), negative_prompt) if text is not None else None,
+                                  uncond_inputs=self._guided(inputs, ("text",), negative_prompt),
                                   seed=seed, **kw)
         return out["video"], used
 
@@ -433,7 +436,7 @@ class Pipeline:
         text = self._text(prompt)
         inputs = {"masked": masked} | ({} if text is None else {"text": text})
         out = self.generate_codes(task, inputs, {"video": masked}, frames=self.settings.frames,
-                                  uncond_inputs=self._guided(inputs, ("text",), negative_prompt) if text is not None else None,
+                                  uncond_inputs=self._guided(inputs, ("text",), negative_prompt),
                                   seed=seed, **kw)
         return self._result(task, out["video"], None, prompt=prompt, seed=seed, notes=notes,
                             tokens={"masked": masked, "input": codes})
@@ -579,7 +582,7 @@ class Pipeline:
         text = self._text(prompt)
         inputs = {"audio": acodes} | ({} if text is None else {"text": text})
         out = self.generate_codes("a2v", inputs, {"video": self.latent}, frames=self.settings.frames,
-                                  uncond_inputs=self._guided(inputs, ("text",), negative_prompt) if text is not None else None,
+                                  uncond_inputs=self._guided(inputs, ("text",), negative_prompt),
                                   seed=seed, **kw)
         r = self._result("a2v", out["video"], None, prompt=prompt, seed=seed, notes=notes, tokens={"input_audio": acodes})
         r.audio = wav
