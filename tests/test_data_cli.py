@@ -135,14 +135,26 @@ def test_quickstart_writes_clips_with_audio_and_a_contact_sheet(tmp_path, capsys
     assert rec.audio is not None and np.abs(rec.audio).max() > 0.005
     m = re.search(r"video -> \(5, 16, 16\) tokens, PSNR ([\d.]+) dB, SSIM ([\d.]+); audio -> \(4, 106\) tokens", printed)
     assert m, printed
-    assert float(m.group(1)) > 20 and float(m.group(2)) > 0.6  # shipped model: 23.0 dB, 0.819
+    assert float(m.group(1)) > 20 and float(m.group(2)) > 0.6  # shipped model: 24.7 dB, 0.804
     # what the probes read from clip 0 itself: its ground truth (a medium blue diamond up-left, a small red triangle right)
     assert "read back from the original:   blue diamond up-left, red triangle right; tones: blue diamond, red triangle" in printed
     assert "read back from the round trip: " in printed
-    # the embedded LM on four tasks and a long video, every output a playable file
-    for name in ("t2v", "i2v", "inpaint", "v2a"):
-        v = read_video(out / f"{name}.mp4", with_audio=name == "v2a")
+    # the embedded LM on every task and a 10 s long video, every output a playable file
+    for name in ("t2v", "i2v", "continue", "inpaint", "outpaint", "stylize", "v2a", "a2v", "avcont"):
+        v = read_video(out / f"{name}.mp4", with_audio=name in ("v2a", "a2v", "avcont"))
         assert v.frames.shape == (17, 64, 64, 3), name
-        assert name != "v2a" or np.abs(v.audio).max() > 0.001
-    assert read_video(out / "long.mp4").frames.shape == (32, 64, 64, 3)
-    assert "long video: clip 0 continued to 4 s" in printed and "embedded LM: 4.8M parameters" in printed
+        assert name not in ("v2a", "a2v", "avcont") or np.abs(v.audio).max() > 0.001, name
+    assert np.asarray(Image.open(out / "t2i.png")).shape == (64, 64, 3)
+    assert read_video(out / "long.mp4").frames.shape == (80, 64, 64, 3)
+    assert "long video: clip 0 continued to 10 s" in printed and "LM (embedded default): 4.8M parameters; 11 outputs" in printed
+    # the index: every output beside its input, with what the probes read
+    page = (out / "index.html").read_text()
+    index = json.loads((out / "index.json").read_text())
+    assert [e["task"] for e in index] == ["t2v", "t2i", "i2v", "continue", "inpaint", "outpaint", "stylize", "v2a",
+                                          "a2v", "avcont", "extend"]
+    for e in index:
+        assert (out / e["output"]).is_file() and f'src="{e["output"]}"' in page
+        assert all((out / i).is_file() for i in e["inputs"])
+    assert index[2]["inputs"] == ["shapes/clips/000000.mp4"]
+    sheet = np.asarray(Image.open(out / "tasks.png"))
+    assert sheet.shape[0] > 11 * 64

@@ -319,6 +319,6 @@ def test_embedding_mode_tokenizes_float16_embeddings_and_trains_with_the_encoder
 
     pipe = Pipeline(tr.model.eval(), tr.vocab, VideoTokenizer.from_pretrained(debug_tokenizers / "video"),
                     AudioTokenizer.from_pretrained(debug_tokenizers / "audio"), TextEmbedder(t5),
-                    Settings(frames=5, size=32, guidance=2.0), quiet=True)
+                    Settings(frames=5, size=32, context_frames=1, guidance=2.0), quiet=True)
     res = pipe.t2v(make_clip(ShapesConfig(size=32, frames=5), 0, 1).caption, seed=0)
     assert res.frames.shape == (5, 32, 32, 3) and res.tokens["video"].shape == pipe.latent

@@ -173,117 +173,108 @@ def _out_name(out: Path, r) -> Path:
 
 
 @command("quickstart")
-def quickstart(*, out: Path = Path("demo_out"), num: int = 6, size: int = 64, seed: int = 0) -> None:
-    """A first look at videopoet: shapes-benchmark clips, and the shipped tokenizers on one of them.
+def quickstart(*, out: Path = Path("demo_out"), num: int = 6, seed: int = 0, seconds: float = 10.0,
+               retrain: bool = False, scale: Literal["debug", "cpu"] = "cpu", model: Path | None = None) -> None:
+    """A first look at videopoet: shapes-benchmark clips, the tokenizers' round trip, every task, a long video.
 
     Writes the data every task is trained and scored on: OUT/shapes/clips/*.mp4 (with audio: a tone
-    per object, a click per bounce), their ground truth and manifest, and OUT/contact_sheet.png (one
-    row per clip), and prints each clip's caption. Then it passes clip 0 through the shipped video
-    tokenizer and audio codec (the tokens the LM sees) and writes OUT/reconstruction.mp4: original
-    left, reconstruction right, with the reconstructed sound; it prints the token grids and PSNR/SSIM
-    and mel distance.
+    per object, a click per bounce), their ground truth and manifest, and OUT/contact_sheet.png, and
+    prints each clip's caption. Passes clip 0 through the video tokenizer and audio codec (the
+    tokens the LM sees): OUT/reconstruction.mp4, original left, decoded right, with decoded sound.
+    Then the LM does every task once (t2v t2i i2v continue inpaint outpaint stylize v2a a2v avcont)
+    and continues clip 0 to SECONDS of video, each output read back by the probes; OUT/index.html
+    shows every output beside its input, OUT/tasks.png is a captioned contact sheet of them.
 
     Args:
         out: output folder.
         num: number of clips (1..32).
-        size: frame height and width in pixels (32..128).
-        seed: generator seed.
+        seed: generator seed of the clips.
+        seconds: length of the long video (chained continuation).
+        retrain: first train the whole stack from scratch into OUT/models (video tokenizer, audio
+            codec, text model, tokenize, LM; a finished stage is kept when run again), then run the
+            demo with it. At --scale cpu these are the shipped defaults' recipes: about 5 hours on 2
+            cores; --scale debug takes a minute and makes toy models.
+        scale: the recipes --retrain uses (cpu or debug).
+        model: a pipeline directory to use instead of the embedded default (or the retrained one).
     """
+    import json
+    import time
+
     from videopoet.data.shapes import ShapesConfig, make_clip, write_shapes
     from videopoet.data.writers import write_contact_sheet
     from videopoet.errors import InputError
+    from videopoet.tasks.demo import retrain as retrain_stack
+    from videopoet.tasks.demo import run_tasks, write_index
+    from videopoet.tasks.pipeline import Pipeline
 
     if not isinstance(num, int) or not 1 <= num <= 32:
         raise InputError(f"--num must be an integer in 1..32, got {num!r}")
-    cfg = ShapesConfig(size=size)
-    manifest = write_shapes(Path(out) / "shapes", num, cfg, seed=seed)
+    if not seconds > 0:
+        raise InputError(f"--seconds must be > 0, got {seconds}")
+    out = Path(out)
+    if retrain and model is not None:
+        raise InputError("--retrain trains its own models; do not give --model with it")
+    if retrain:
+        model = retrain_stack(out / "models", scale)
+    pipe = Pipeline.from_pretrained(model, quiet=True)
+    st = pipe.settings
+    cfg = ShapesConfig(size=st.size, frames=st.frames, fps=st.fps,
+                       sample_rate=pipe.at.sample_rate if pipe.at is not None else 16000)
+    manifest = write_shapes(out / "shapes", num, cfg, seed=seed)
     clips = [make_clip(cfg, seed, i) for i in range(num)]
-    chars = (8 * (size + 2)) // 6  # the sheet's default font is ~6 px a character
+    paths = [manifest.parent / json.loads(line)["path"] for line in manifest.read_text().splitlines()]
+    chars = (8 * (st.size + 2)) // 6  # the sheet's default font is ~6 px a character
     labels = [f"{i}: {c.caption}" for i, c in enumerate(clips)]
     labels = [t if len(t) <= chars else t[: chars - 3] + "..." for t in labels]
-    sheet = write_contact_sheet(Path(out) / "contact_sheet.png", [c.video for c in clips], labels=labels)
+    sheet = write_contact_sheet(out / "contact_sheet.png", [c.video for c in clips], labels=labels)
     for i, c in enumerate(clips):
         print(f"{i}: {c.caption}")
     print(f"wrote {num} clips with audio to {manifest.parent / 'clips'} (manifest: {manifest})")
     print(f"contact sheet: {sheet}")
-    _tokenizer_round_trip(clips[0], Path(out) / "reconstruction.mp4")
-    if size == 64:
-        _generate_demo(clips, Path(out))
-    else:
-        print(f"(the embedded LM makes 64x64 clips: the task demo runs with --size 64, not {size})")
-
-
-def _objects_read(v) -> str:
-    """What the probes read in a clip: "colour shape direction" per object."""
-    from videopoet.eval.readback import read_objects
-
-    got = read_objects(v)
-    return ", ".join(f"{c} {o.shape or '?'} {o.direction or '?'}" for c, o in sorted(got.items())) or "nothing"
-
-
-def _generate_demo(clips, out: Path) -> None:
-    """The embedded LM on a few tasks, each output read back by the probes."""
-    import time
-
-    from videopoet.eval.readback import read_tones
-    from videopoet.tasks.longvideo import extend
-    from videopoet.tasks.pipeline import Pipeline
-
+    round_trip = _tokenizer_round_trip(pipe, clips[0], out / "reconstruction.mp4")
     t0 = time.time()
-    pipe = Pipeline.from_pretrained(quiet=True)
-
-    prompt = clips[1].caption if len(clips) > 1 else clips[0].caption
-    jobs = [
-        ("t2v", f"text -> video: {prompt!r}", lambda: pipe.t2v(prompt, seed=0)),
-        ("i2v", "image -> video from clip 0's first frame", lambda: pipe.i2v(clips[0].video[:1], clips[0].caption, seed=0)),
-        ("inpaint", "inpaint the centre of clip 0", lambda: pipe.inpaint(clips[0].video, box=(16, 16, 48, 48),
-                                                                         prompt=clips[0].caption, seed=0)),
-        ("v2a", "video -> audio for clip 0", lambda: pipe.v2a(clips[0].video, seed=0)),
-    ]
-    for name, what, fn in jobs:
-        t = time.time()
-        r = fn()
-        path = r.save(out / f"{name}.mp4")
-        said = f"reads {_objects_read(r.frames)}"
-        if name == "v2a":
-            n = len(clips[0].attributes["objects"])
-            said = "tones " + ", ".join(f"{c} {s}" for s, c in sorted(read_tones(r.audio, r.sample_rate, n)))
-        print(f"{what}: {path} ({time.time() - t:.0f} s); {said}")
-    t = time.time()
-    extend(pipe, clips[0].video, 4.0, out / "long.mp4", prompt=clips[0].caption, seed=0, keep=False, quiet=True)
-    print(f"long video: clip 0 continued to 4 s: {out / 'long.mp4'} ({time.time() - t:.0f} s)")
-    print(f"embedded LM: {sum(p.numel() for p in pipe.lm.parameters()) / 1e6:.1f}M parameters; "
-          f"task demo {time.time() - t0:.0f} s")
+    items = run_tasks(pipe, clips, paths, out, extend_seconds=seconds)
+    n_params = sum(p.numel() for p in pipe.lm.parameters()) / 1e6
+    source = "retrained" if retrain else ("embedded default" if model is None else str(model))
+    index, tasks_sheet = write_index(out, items, [f"LM: {source}, {n_params:.1f}M parameters; "
+                                                  f"{len(items)} outputs in {time.time() - t0:.0f} s.", round_trip])
+    print(f"LM ({source}): {n_params:.1f}M parameters; {len(items)} outputs in {time.time() - t0:.0f} s")
+    print(f"index: {index} (every output beside its input); all outputs: {tasks_sheet}")
 
 
-def _tokenizer_round_trip(clip, path: Path) -> None:
-    """Clip -> shipped video/audio tokens -> media, written side by side with the original."""
+def _tokenizer_round_trip(pipe, clip, path: Path) -> str:
+    """Clip -> the pipeline's video/audio tokens -> media, written side by side with the original."""
     import torch
 
     from videopoet.data.media import audio_to_tensor, tensor_to_video, video_to_tensor
     from videopoet.data.writers import write_video
     from videopoet.eval.audio_metrics import mel_distance
     from videopoet.eval.video_metrics import psnr, ssim
-    from videopoet.tokenizers.cli_audio import load_audio_tokenizer
-    from videopoet.tokenizers.cli_video import load_video_tokenizer
+    from videopoet.tasks.demo import objects_read, tones_read
 
-    vtok, atok = load_video_tokenizer(), load_audio_tokenizer()
+    vtok, atok = pipe.vt, pipe.at
     x = video_to_tensor(clip.video)[None]  # (1, 3, T, H, W)
-    a = audio_to_tensor(clip.audio)[None]  # (1, 1, S)
     with torch.no_grad():
         vcodes = vtok.encode(x)  # (1, t, h, w)
         x_hat = vtok.decode(vcodes)[:, :, : x.shape[2]]
-        acodes = atok.encode(a)  # (1, levels, frames)
-        a_hat = atok.decode(acodes)  # (1, 1, frames * hop)
-    side = tensor_to_video(torch.cat([x, x_hat], dim=-1))
-    write_video(path, side, clip.fps, audio=a_hat[0].numpy(), sample_rate=atok.sample_rate)
-    print(f"shipped tokenizers on clip 0: video -> {tuple(vcodes.shape[1:])} tokens, PSNR {psnr(x, x_hat):.1f} dB, "
-          f"SSIM {ssim(x, x_hat):.3f}; audio -> {tuple(acodes.shape[1:])} tokens, "
-          f"mel distance {mel_distance(a[..., : a_hat.shape[-1]], a_hat, atok.sample_rate):.3f}")
-    from videopoet.eval.readback import read_tones
-
+    said = f"video -> {tuple(vcodes.shape[1:])} tokens, PSNR {psnr(x, x_hat):.1f} dB, SSIM {ssim(x, x_hat):.3f}"
     n = len(clip.attributes["objects"])
-    tones = lambda w: ", ".join(f"{c} {s}" for s, c in sorted(read_tones(w, atok.sample_rate, n)))  # noqa: E731
-    print(f"read back from the original:   {_objects_read(clip.video)}; tones: {tones(clip.audio[0])}")
-    print(f"read back from the round trip: {_objects_read(tensor_to_video(x_hat))}; tones: {tones(a_hat[0, 0].numpy())}")
+    orig, back = f"{objects_read(clip.video)}", f"{objects_read(tensor_to_video(x_hat))}"
+    a_hat = None
+    if atok is not None:
+        a = audio_to_tensor(clip.audio)[None]  # (1, 1, S)
+        with torch.no_grad():
+            acodes = atok.encode(a)  # (1, levels, frames)
+            a_hat = atok.decode(acodes)  # (1, 1, frames * hop)
+        said += (f"; audio -> {tuple(acodes.shape[1:])} tokens, "
+                 f"mel distance {mel_distance(a[..., : a_hat.shape[-1]], a_hat, atok.sample_rate):.3f}")
+        orig += f"; {tones_read(clip.audio[0], atok.sample_rate, n)}"
+        back += f"; {tones_read(a_hat[0, 0].numpy(), atok.sample_rate, n)}"
+    side = tensor_to_video(torch.cat([x, x_hat], dim=-1))
+    write_video(path, side, clip.fps, audio=None if a_hat is None else a_hat[0].numpy(),
+                sample_rate=atok.sample_rate if atok is not None else 16000)
+    print(f"tokenizers on clip 0: {said}")
+    print(f"read back from the original:   {orig}")
+    print(f"read back from the round trip: {back}")
     print(f"reconstruction (original | decoded, with decoded sound): {path}")
+    return f"Tokenizers on clip 0: {said}. Read back from the original: {orig}; from the round trip: {back}."

@@ -113,6 +113,9 @@ class Pipeline:
         if (s.frames - 1) % tc or s.size % sc:
             raise VideoPoetError(f"{PIPELINE_NAME}: frames {s.frames} must be 1 + k*{tc} and size {s.size} a multiple of {sc}")
         self.latent = (1 + (s.frames - 1) // tc, s.size // sc, s.size // sc)  # (t, h, w)
+        if not 1 <= s.context_frames < self.latent[0]:
+            raise VideoPoetError(f"{PIPELINE_NAME}: context_frames {s.context_frames} must be in 1..{self.latent[0] - 1} "
+                                 f"(continuation needs latent frames left to generate of the {self.latent[0]} in a clip)")
         self._audio_frames: int | None = None
 
     # ------------------------------------------------------------------------------ load / save
