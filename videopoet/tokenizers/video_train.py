@@ -113,8 +113,17 @@ class TokenizerTrainLoopConfig:
     strategy: str = "auto"  # Lightning strategy: auto | ddp | fsdp ...
     threads: int = 0  # torch.set_num_threads when > 0
     progress: bool = True
+    # Start from a model directory ("default" = the shipped tokenizer) instead of random weights.
+    init_from: str = ""
+    # "all", or "decoder": the encoder (and LFQ, which has no weights) stay frozen, so every code,
+    # and any LM trained on those codes, stays valid while the decoder learns to draw them better.
+    trainable: str = "all"
 
     def __post_init__(self):
+        if self.trainable not in ("all", "decoder"):
+            raise ValueError(f"train.trainable must be 'all' or 'decoder', got {self.trainable!r}")
+        if self.trainable == "decoder" and not self.init_from:
+            raise ValueError("train.trainable=decoder needs train.init_from (a trained encoder to keep)")
         if self.max_steps < 1 or self.log_every < 1 or self.checkpoint_every < 1 or self.keep_checkpoints < 1:
             raise ValueError("max_steps, log_every, checkpoint_every and keep_checkpoints must be >= 1")
         if self.lr <= 0 or self.disc_lr <= 0 or not 0 <= self.ema_decay < 1:
@@ -331,11 +340,17 @@ class TokenizerTrainer:
             self.fabric.launch()
         torch.manual_seed(t.seed)
         self.model = VideoTokenizer(cfg.model)
+        if t.init_from:
+            self._init_from(t.init_from)
+        if t.trainable == "decoder":
+            self.model.encoder.requires_grad_(False)
+            self.model.quantizer.requires_grad_(False)
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
         self.disc = Discriminator3D(cfg.loss.disc_channels, cfg.loss.disc_levels, cfg.model.in_channels)
         self.lecam = LeCAM(cfg.loss.lecam_decay)
         self.perceptual = PerceptualLoss(cfg.loss.perceptual_weights) if cfg.loss.perceptual_weight > 0 else None
-        opt_g = torch.optim.AdamW(self.model.parameters(), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        opt_g = torch.optim.AdamW(trainable, lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
         opt_d = torch.optim.AdamW(self.disc.parameters(), lr=t.disc_lr, betas=t.betas, weight_decay=t.weight_decay)
         self.model_f, self.opt_g = self.fabric.setup(self.model, opt_g)
         self.disc_f, self.opt_d = self.fabric.setup(self.disc, opt_d)
@@ -346,6 +361,17 @@ class TokenizerTrainer:
         self.data = TokenizerData(cfg.data)
         self.step = 0
         self.elapsed = 0.0  # training seconds over all runs (for max_minutes across resumes)
+
+    def _init_from(self, where: str) -> None:
+        from videopoet.assets import asset_dir
+        from videopoet.checkpoint import load_model_dir, load_state_strict
+
+        d = asset_dir("video_tokenizer") if where == "default" else Path(where)
+        cfg, state = load_model_dir(d, kind="video tokenizer")
+        cfg.pop("kind", None)
+        if from_dict(VideoTokenizerConfig, cfg, where=f"{d}/config.json") != self.cfg.model:
+            raise ConfigError(f"train.init_from {d}: its config.json differs from this recipe's model section")
+        load_state_strict(self.model, state, where=str(d))
 
     # ---- one step ------------------------------------------------------------------------------
     def _lr(self, base: float) -> float:
