@@ -43,6 +43,37 @@ def test_short_training_run_reduces_the_reconstruction_loss(tmp_path):
     assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:5])  # measured: 0.436 -> 0.175
 
 
+def test_decoder_fine_tuning_keeps_every_code_and_changes_only_the_decoder(tmp_path):
+    torch.manual_seed(3)
+    start = VideoTokenizer(debug_cfg().model)
+    start.save_pretrained(tmp_path / "start")
+    cfg = debug_cfg(f"train.init_from={tmp_path / 'start'}", "train.trainable=decoder", "train.max_steps=3",
+                    "loss.gan_weight=0", "train.lr=0.01")
+    tr = TokenizerTrainer(cfg, tmp_path / "run")
+    x = tr.data.batch(0)
+    codes = start.eval().encode(x)
+    tr.fit()
+    for k, v in start.state_dict().items():
+        same = torch.equal(v, tr.model.state_dict()[k])
+        assert same == (not k.startswith("decoder.")) or not v.is_floating_point(), k
+    assert any(not torch.equal(v, tr.model.state_dict()[k]) for k, v in start.state_dict().items() if k.startswith("decoder."))
+    trained = VideoTokenizer.from_pretrained(tmp_path / "run" / "model").eval()
+    assert torch.equal(trained.encode(x), codes)
+
+
+def test_decoder_fine_tuning_needs_a_matching_start(tmp_path):
+    from videopoet.errors import ConfigError
+
+    with pytest.raises(ValueError, match="trainable=decoder needs train.init_from"):
+        debug_cfg("train.trainable=decoder")
+    with pytest.raises(ValueError, match="'all' or 'decoder'"):
+        debug_cfg("train.trainable=encoder")
+    other = VideoTokenizer(debug_cfg("model.channels=4").model)
+    other.save_pretrained(tmp_path / "other")
+    with pytest.raises(ConfigError, match="differs from this recipe's model section"):
+        TokenizerTrainer(debug_cfg(f"train.init_from={tmp_path / 'other'}"), tmp_path / "run")
+
+
 def test_resume_is_exact_and_checkpoints_are_safetensors_dirs(tmp_path):
     # GAN on from step 2: the discriminator, LeCAM anchors and both optimizers must round-trip
     cfg = debug_cfg("train.max_steps=4", "train.checkpoint_every=2", "loss.disc_start=1")
