@@ -37,6 +37,7 @@ COMMAND_MODULES = [
     "videopoet.lm.cli",
     "videopoet.tasks.cli",
     "videopoet.eval.cli",
+    "videopoet.eval.cli_probe",
 ]
 
 _REGISTRY: dict[tuple[str, ...], Callable[..., Any]] = {}

@@ -103,22 +103,23 @@ def _probe_fields(task: str) -> tuple[tuple[str, ...], str]:
     return (("tone", "clicks"), "v2a") if task == "v2a" else (("colour_exact", "shape", "direction"), "t2v")
 
 
-def _pooled(task: str, jobs: list[Job], results) -> tuple[float, dict[str, float]]:
+def _pooled(task: str, jobs: list[Job], results, probe: str = "hand") -> tuple[float, dict[str, float]]:
     fields, key = _probe_fields(task)
-    s = [score(key, j, r) for j, r in zip(jobs, results, strict=True)]
+    s = [score(key, j, r, probe=probe) for j, r in zip(jobs, results, strict=True)]
     vals = [x for d in s for f in fields for x in d.get(f, [])]
     return float(np.mean(vals)) if vals else math.nan, summarize(s)
 
 
-def validate_probes(task: str, jobs: list[Job]) -> dict[str, Any]:
-    """The probes on the jobs' ground truth, pooled over the attributes the task is scored on."""
+def validate_probes(task: str, jobs: list[Job], probe: str = "hand") -> dict[str, Any]:
+    """The probes (`probe`: "hand", "learned" or a probe directory) on the jobs' ground truth,
+    pooled over the attributes the task is scored on."""
     from videopoet.tasks.pipeline import Result
 
-    truth, truth_s = _pooled(task, jobs, [Result("truth", j.video, 8.0, j.audio, 16000) for j in jobs])
-    return {"fields": list(_probe_fields(task)[0]), "ground_truth": truth, "ground_truth_scores": truth_s}
+    truth, truth_s = _pooled(task, jobs, [Result("truth", j.video, 8.0, j.audio, 16000) for j in jobs], probe)
+    return {"probe": probe, "fields": list(_probe_fields(task)[0]), "ground_truth": truth, "ground_truth_scores": truth_s}
 
 
-def round_trip_ceiling(task: str, jobs: list[Job], pipe) -> dict[str, Any]:
+def round_trip_ceiling(task: str, jobs: list[Job], pipe, probe: str = "hand") -> dict[str, Any]:
     """The same probes on the tokenizers' round trip of the ground truth: the ceiling an LM's
     outputs can reach through these tokenizers."""
     from videopoet.tasks.pipeline import Result
@@ -128,24 +129,28 @@ def round_trip_ceiling(task: str, jobs: list[Job], pipe) -> dict[str, Any]:
         audio = pipe.decode_audio(pipe.encode_audio(j.audio)) if pipe.at is not None else j.audio
         rt.append(Result("round_trip", pipe.decode_video(pipe.encode_video(j.video))[: len(j.video)], 8.0, audio,
                          pipe.at.sample_rate if pipe.at else 16000))
-    value, scores = _pooled(task, jobs, rt)
+    value, scores = _pooled(task, jobs, rt, probe)
     return {"round_trip": value, "round_trip_scores": scores}
 
 
 def eval_run(pipe, task: str, prompts: str, out: str | Path, *, model_name: str, seed: int = 0, samples: int = 4,
              seconds: float = 6.0, anchor: bool = True, command: str | None = None, progress: bool = True,
-             probe_gate: bool = True, **gen) -> dict[str, Any]:
+             probe_gate: bool = True, probe: str = "hand", **gen) -> dict[str, Any]:
+    """Generate from held-out prompts and score the outputs. `probe` reads the attributes: "hand"
+    (readback.py, the default), "learned" (the shipped probe, videopoet/eval/probe.py) or a probe
+    directory; it must read PROBE_GATE of the prompts' ground truth (`probe_gate`)."""
     from videopoet.data.writers import write_contact_sheet
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    probe = str(probe)
     jobs = load_jobs(prompts, pipe)
-    probes = validate_probes(task, jobs)
+    probes = validate_probes(task, jobs, probe)
     if probe_gate and not probes["ground_truth"] >= PROBE_GATE:
-        raise InputError(f"eval: the probes read only {probes['ground_truth']:.1%} of the ground truth's "
+        raise InputError(f"eval: the {'' if probe == 'hand' else probe + ' '}probes read only {probes['ground_truth']:.1%} of the ground truth's "
                          f"{'/'.join(probes['fields'])} on {prompts} (gate {PROBE_GATE:.0%}): scores would not mean "
                          "anything (--no-probe-gate to score anyway)")
-    probes.update(round_trip_ceiling(task, jobs, pipe))
+    probes.update(round_trip_ceiling(task, jobs, pipe, probe))
     per_job, sheets, labels, failed, outputs, truths = [], [], [], [], [], []
     t0 = time.time()
     for k, job in enumerate(jobs):
@@ -154,7 +159,7 @@ def eval_run(pipe, task: str, prompts: str, out: str | Path, *, model_name: str,
                 from videopoet.tasks.longvideo import extend_chunks
 
                 chunks = list(extend_chunks(pipe, job.video, seconds, prompt=job.caption, anchor=anchor, seed=seed + k, **gen))
-                s = drift(chunks)
+                s = drift(chunks, probe=probe)
                 frames = np.concatenate(chunks)
                 if k < samples:
                     from videopoet.data.writers import write_video
@@ -162,7 +167,7 @@ def eval_run(pipe, task: str, prompts: str, out: str | Path, *, model_name: str,
                     write_video(out / f"sample_{k:03d}.mp4", frames, pipe.settings.fps)
             else:
                 r, extra = run_one(pipe, task, job, seed=seed + k, **gen)
-                s = score(task, job, r, extra)
+                s = score(task, job, r, extra, probe=probe)
                 frames = r.frames
                 if k < samples:
                     r.save(out / (f"sample_{k:03d}" + (".png" if task == "t2i" else ".mp4")), sheet=False)
@@ -193,7 +198,7 @@ def eval_run(pipe, task: str, prompts: str, out: str | Path, *, model_name: str,
             from videopoet.eval.tasks_eval import fd_probe
 
             summary["fd_probe"] = fd_probe(outputs, truths)
-    result = {"task": task, "model": model_name, "prompts": prompts, "jobs": len(jobs), "scored": len(per_job),
+    result = {"task": task, "model": model_name, "prompts": prompts, "probe": probe, "jobs": len(jobs), "scored": len(per_job),
               "failed": failed, "seed": seed, "sampling": {k: v for k, v in gen.items() if k != "progress"},
               "summary": summary, "probe_validation": probes, "per_job": per_job, "seconds": time.time() - t0, "command": command,
               **({"extend": {"seconds": seconds, "anchor": anchor}} if task == "extend" else {})}

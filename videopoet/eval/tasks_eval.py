@@ -22,6 +22,10 @@ signal measure against the ground truth:
 - avcont: colour kept, tone kept;
 - every task with video output: `fd_probe`, a Fréchet distance between the outputs and the
   ground-truth clips in the space of the probes' readings (an in-domain FVD; `probe_features`).
+`probe` (every scorer's keyword, default "hand"): "hand" reads with the hand-written probes above;
+"learned" with the shipped learned probe (videopoet/eval/probe.py, validated by `videopoet eval
+validate-probe`), or a probe directory. With a learned probe, a colour the prompt lacks counts
+against `colour_exact` when the probe reads an object of that colour.
 `drift` gives the long-video measures: per chunk, PSNR/SSIM against the first chunk, identity
 (colours and shapes read in the chunk that the first chunk has), and flicker (mean absolute
 frame-to-frame change at the seams between chunks vs inside them).
@@ -69,15 +73,26 @@ def shapes_jobs(spec: str, *, frames: int = 17, size: int = 64, fps: float = 8.0
     return jobs
 
 
-def _attr_scores(truth_attrs: dict, frames: np.ndarray, fields=("colour", "shape", "direction")) -> dict[str, Any]:
+def _readers(probe: str):
+    """(read_objects, read_tones) for `probe` ("hand", "learned" or a probe directory)."""
+    if probe == "hand":
+        return read_objects, read_tones
+    from videopoet.eval.probe import readers
+
+    return readers(probe)
+
+
+def _attr_scores(truth_attrs: dict, frames: np.ndarray, fields=("colour", "shape", "direction"),
+                 probe: str = "hand") -> dict[str, Any]:
     """Per object of the prompt: colour seen, shape, direction; `exact`: the clip shows no colour
-    the prompt does not have, as an object would show it (`_persistent_colours`; a clip of every
-    colour gets no credit: `colour_exact` needs both); `spurious`: how many such colours (0 on
-    every ground-truth clip)."""
+    the prompt does not have, as an object would show it (`_persistent_colours`, or an object the
+    learned probe reads; a clip of every colour gets no credit: `colour_exact` needs both);
+    `spurious`: how many such colours (0 on every ground-truth clip)."""
     truth = _truth(truth_attrs)
-    seen = read_objects(frames)
+    seen = _readers(probe)[0](frames)
     got = compare_readings(truth, seen, sorted(truth))
-    spurious = len(set(_persistent_colours(frames)) - {o["colour"] for o in truth_attrs["objects"]})
+    shown = set(_persistent_colours(frames)) if probe == "hand" else set(seen)
+    spurious = len(shown - {o["colour"] for o in truth_attrs["objects"]})
     out: dict[str, Any] = {f: got[f] for f in fields}
     out["colour_exact"] = [c and spurious == 0 for c in got["colour"]]
     out["spurious"] = float(spurious)
@@ -121,23 +136,26 @@ def _flow_agreement(frames: np.ndarray, flow: np.ndarray) -> float:
     return float((dot / norm)[moving].mean())
 
 
-def score(task: str, job: Job, result, extra: dict[str, Any] | None = None) -> dict[str, list[float] | float]:
-    """One output's scores: {name: list of per-object booleans as floats, or a number}."""
+def score(task: str, job: Job, result, extra: dict[str, Any] | None = None, *,
+          probe: str = "hand") -> dict[str, list[float] | float]:
+    """One output's scores: {name: list of per-object booleans as floats, or a number}; `probe`
+    chooses the readers (module docstring)."""
     extra = extra or {}
+    read_objects_, read_tones_ = _readers(probe)
     f = result.frames
     out: dict[str, Any] = {}
     if task in ("t2v", "a2v"):
-        out.update(_attr_scores(job.attributes, f))
+        out.update(_attr_scores(job.attributes, f, probe=probe))
     elif task == "t2i":
-        out.update(_attr_scores(job.attributes, f, ("colour", "shape")))
+        out.update(_attr_scores(job.attributes, f, ("colour", "shape"), probe=probe))
     elif task == "i2v":
-        out.update(_attr_scores(job.attributes, f))
+        out.update(_attr_scores(job.attributes, f, probe=probe))
     elif task == "continue":
         # read from the last context frame on (the context itself is the input), against the
         # probes' reading of the ground truth's same frames (a bounce may have turned it)
         n_ctx = extra.get("context_frames", 5)
         truth = _truth(job.attributes)
-        ref, got = read_objects(job.video[n_ctx - 1 :]), read_objects(f[n_ctx - 1 :])
+        ref, got = read_objects_(job.video[n_ctx - 1 :]), read_objects_(f[n_ctx - 1 :])
         cmp = compare_readings({c: r for c, r in ref.items() if c in truth}, got, sorted(truth))
         out.update({k: cmp[k] for k in ("colour", "shape", "direction")})
         out["psnr_new"] = _psnr(f[n_ctx:], job.video[n_ctx : len(f)])
@@ -147,19 +165,19 @@ def score(task: str, job: Job, result, extra: dict[str, Any] | None = None) -> d
         out["psnr_kept"] = _psnr(f, job.video, ~region)
         if "copy_baseline" in extra:  # the nearest unmasked codes copied into the region, decoded
             out["psnr_region_copy"] = _psnr(extra["copy_baseline"], job.video, region)
-        out.update(_attr_scores(job.attributes, f, ("colour",)))
+        out.update(_attr_scores(job.attributes, f, ("colour",), probe=probe))
     elif task == "stylize":
         out["flow_agreement"] = _flow_agreement(f, job.flow)
     if task in ("v2a", "avcont") and result.audio is not None:
         tones = {(o["shape"], o["colour"]) for o in job.attributes["objects"]}
-        got = read_tones(result.audio, result.sample_rate, len(tones))
+        got = read_tones_(result.audio, result.sample_rate, len(tones))
         out["tone"] = [t in got for t in tones]
         if task == "v2a":
             truth = S.click_times(job.audio, result.sample_rate)
             clicks = S.click_times(result.audio, result.sample_rate)
             out["clicks"] = [bool(len(clicks)) and float(np.min(np.abs(clicks - t))) <= CLICK_TOLERANCE_S for t in truth]
     if task == "avcont":
-        out.update(_attr_scores(job.attributes, f, ("colour",)))
+        out.update(_attr_scores(job.attributes, f, ("colour",), probe=probe))
     return {k: [float(x) for x in v] if isinstance(v, list) else float(v) for k, v in out.items()}
 
 
@@ -211,20 +229,21 @@ def fd_probe(generated: list[np.ndarray], real: list[np.ndarray]) -> float:
 
 
 # ------------------------------------------------------------------------------------------- drift
-def drift(chunks: list[np.ndarray]) -> dict[str, list[float] | float]:
+def drift(chunks: list[np.ndarray], *, probe: str = "hand") -> dict[str, list[float] | float]:
     """Long-video drift from the chunks of a chained continuation (chunk 0 = the input clip)."""
     from videopoet.data.media import video_to_tensor
     from videopoet.eval.video_metrics import ssim
 
+    read_objects_ = _readers(probe)[0]
     first = chunks[0]
-    ref_objects = read_objects(first)
+    ref_objects = read_objects_(first)
     per_psnr, per_ssim, ident = [], [], []
     for c in chunks:
         n = min(len(c), len(first))
         a, b = c[:n], first[-n:] if len(c) < len(first) else first[:n]
         per_psnr.append(_psnr(a, b))
         per_ssim.append(float(ssim(video_to_tensor(a)[None], video_to_tensor(b)[None])))
-        got = read_objects(c)
+        got = read_objects_(c)
         if ref_objects:
             keep = [c_ in got and (ref_objects[c_].shape is None or got[c_].shape == ref_objects[c_].shape)
                     for c_ in ref_objects]
