@@ -97,6 +97,30 @@ def test_resume_refuses_a_different_model(tmp_path):
                                            "data.synthetic_clips=2"), tmp_path / "r", log=quiet)
 
 
+def test_decoder_only_fine_tuning_keeps_every_code(tmp_path):
+    """trainable=decoder from a trained codec: encoder and codebooks bit-identical (so the codes an LM
+    was trained on stay valid), the decoder moved."""
+    from videopoet.errors import ConfigError
+
+    torch.set_num_threads(1)
+    start = train_audio_tokenizer(debug_recipe("train.max_steps=2", "data.synthetic_clips=2"), tmp_path / "s", log=quiet)
+    tuned = train_audio_tokenizer(debug_recipe(f"train.init_from={start}", "train.trainable=decoder", "train.max_steps=4",
+                                               "train.adv_start_step=2", "data.synthetic_clips=2"), tmp_path / "t", log=quiet)
+    a, b = AudioTokenizer.from_pretrained(start), AudioTokenizer.from_pretrained(tuned)
+    sa, sb = a.state_dict(), b.state_dict()
+    frozen = [k for k in sa if not k.startswith("model.decoder.")]
+    assert any("codebook" in k for k in frozen) and any(k.startswith("model.encoder.") for k in frozen)
+    assert all(torch.equal(sa[k], sb[k]) for k in frozen)
+    assert any(not torch.equal(sa[k], sb[k]) for k in sa if k.startswith("model.decoder."))
+    x = synthetic_waveforms(1, 0.25, 8000, seed=5)[0][None]
+    assert torch.equal(a.encode(x), b.encode(x))
+    with pytest.raises(ConfigError, match="needs train.init_from"):
+        debug_recipe("train.trainable=decoder")
+    with pytest.raises(ConfigError, match="differs from this recipe"):
+        train_audio_tokenizer(debug_recipe(f"train.init_from={start}", "model.codebook_size=32", "train.max_steps=1"),
+                              tmp_path / "u", log=quiet)
+
+
 # ------------------------------------------------------------------------------------- data
 def test_batches_are_a_function_of_the_step():
     r = debug_recipe("data.synthetic_clips=3")

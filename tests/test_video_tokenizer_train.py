@@ -132,6 +132,25 @@ def test_gan_schedule_and_lecam():
         TokenizerLossConfig(perceptual_weight=0.1)
 
 
+def test_patch_discriminator_gives_one_logit_per_location_with_local_feedback():
+    from videopoet.tokenizers.video_losses import Discriminator3D
+
+    torch.manual_seed(0)
+    d = Discriminator3D(channels=4, levels=3, head="patch").eval()
+    x = torch.rand(2, 3, 9, 48, 48) * 2 - 1
+    with torch.no_grad():
+        out = d(x)
+        y = x.clone()
+        y[:, :, :, :6, :6] = -y[:, :, :, :6, :6]  # change the top-left corner only
+        diff = (d(y) - out).abs().reshape(2, 2, 6, 6)  # time 9 -> 5 -> 3 -> 2, space 48 -> 6
+    assert out.shape == (2, 2 * 6 * 6)
+    assert float(diff[:, :, 0, 0].min()) > 0  # the corner's logits moved ...
+    assert float(diff[:, :, 4:, 4:].max()) == 0.0  # ... the far corner's did not (receptive field)
+    assert Discriminator3D(channels=4, levels=3)(x).shape == (2,)  # the global head: one per clip
+    with pytest.raises(ValueError, match="disc_head"):
+        TokenizerLossConfig(disc_head="pixel")
+
+
 # ----------------------------------------------------------------------------------------- metrics
 def test_psnr_ssim_values():
     x = torch.zeros(1, 3, 2, 16, 16)

@@ -117,8 +117,17 @@ class AudioTrainConfig:
     device: str = "auto"
     strategy: str = "auto"
     devices: int = 1
+    # Start from a trained codec ("default": the shipped one, or a directory) instead of random weights.
+    init_from: str | None = None
+    # "decoder": encoder and codebooks frozen, so every code stays as it was (and an LM trained on
+    # those codes stays valid); only the decoder learns to render them.
+    trainable: str = "all"
 
     def __post_init__(self) -> None:
+        if self.trainable not in ("all", "decoder"):
+            raise ConfigError(f"train.trainable: expected 'all' or 'decoder', got {self.trainable!r}")
+        if self.trainable == "decoder" and not self.init_from:
+            raise ConfigError("train.trainable=decoder needs train.init_from (a trained encoder and codebooks to keep)")
         if self.max_steps < 1:
             raise ConfigError(f"train.max_steps: expected >= 1, got {self.max_steps}")
         if self.batch_size < 1:
@@ -461,6 +470,19 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
 
 
 # ------------------------------------------------------------------------------------------ loop
+def _init_from(tok: AudioTokenizer, where: str) -> None:
+    """Load a trained codec's weights (and codebooks) into `tok`; its config must equal the recipe's."""
+    from videopoet.assets import asset_dir
+
+    d = asset_dir("audio_tokenizer") if where == "default" else Path(where).expanduser()
+    if not (d / "config.json").is_file():
+        raise ConfigError(f"train.init_from {d}: not a codec directory (no config.json)")
+    loaded = AudioTokenizer.from_pretrained(d)
+    if to_dict(loaded.config) != to_dict(tok.config):
+        raise ConfigError(f"train.init_from {d}: its config.json differs from this recipe's model section")
+    tok.load_state_dict(loaded.state_dict())
+
+
 def train_audio_tokenizer(recipe: AudioRecipe, out_dir: str | Path, *, resume: bool = True,
                           log=print) -> Path:
     """Train (or resume) the codec; returns `out_dir/tokenizer` (the exported fp32 tokenizer)."""
@@ -477,8 +499,14 @@ def train_audio_tokenizer(recipe: AudioRecipe, out_dir: str | Path, *, resume: b
                     precision=lightning_precision(device))
     torch.manual_seed(tc.seed)
     tok = AudioTokenizer(mc)
+    if tc.init_from:
+        _init_from(tok, tc.init_from)
+    decoder_only = tc.trainable == "decoder"
+    if decoder_only:
+        tok.requires_grad_(False)
+        tok.model.decoder.requires_grad_(True)
     disc = MultiScaleSTFTDiscriminator(tc.disc_fft_sizes, tc.disc_channels)
-    opt_g = torch.optim.Adam(tok.parameters(), lr=tc.lr, betas=tc.betas)
+    opt_g = torch.optim.Adam([p for p in tok.parameters() if p.requires_grad], lr=tc.lr, betas=tc.betas)
     opt_d = torch.optim.Adam(disc.parameters(), lr=tc.disc_lr, betas=tc.betas)
     start, elapsed0 = 0, 0.0
     ckpt = latest_checkpoint(out) if resume else None
@@ -523,12 +551,12 @@ def train_audio_tokenizer(recipe: AudioRecipe, out_dir: str | Path, *, resume: b
             for group in opt.param_groups:
                 group["lr"] = base * warm
         x = sample_batch(corpus, step * world + fabric.global_rank, tc.batch_size, segment, tc.seed).to(fabric.device)
-        quantizing = step >= tc.quantize_start_step
-        if quantizing and not bool(tok.codebooks()[0].inited.item()):
+        quantizing = step >= tc.quantize_start_step or decoder_only
+        if quantizing and not decoder_only and not bool(tok.codebooks()[0].inited.item()):
             with torch.no_grad():
                 init_codebooks(tok, tok.encode_latents(x), tc.kmeans_iters, g)
         dead = []
-        if quantizing:
+        if quantizing and not decoder_only:
             with torch.no_grad():
                 dead = refresh_dead_codes(tok, tok.encode_latents(x), tc.dead_code_threshold, g,
                                           (lambda t: fabric.broadcast(t, 0)) if world > 1 else None)
@@ -565,7 +593,7 @@ def train_audio_tokenizer(recipe: AudioRecipe, out_dir: str | Path, *, resume: b
             fabric.backward(losses["disc"])
             opt_d.step()
         stats = {}
-        if q is not None:
+        if q is not None and not decoder_only:
             stats = update_codebooks(tok, q.residuals, q.codes, tc.ema_decay, all_reduce if world > 1 else None)
             stats.update({f"dead{i}": n for i, n in enumerate(dead)})
             stats["latent_spread"] = float(q.residuals[0].std(dim=2).mean())

@@ -37,6 +37,9 @@ class TokenizerLossConfig:
     disc_ramp: int = 500  # steps of linear ramp of the GAN weight (scheduled weighting)
     disc_channels: int = 64
     disc_levels: int = 4
+    # "global": one logit per clip (features averaged first); "patch": one logit per location of
+    # the last feature map (PatchGAN), so the decoder gets local feedback on small objects' edges.
+    disc_head: Literal["global", "patch"] = "global"
     lecam_weight: float = 0.001
     lecam_decay: float = 0.999
     perceptual_weight: float = 0.0
@@ -50,6 +53,8 @@ class TokenizerLossConfig:
             raise ValueError("disc_start and disc_ramp must be >= 0")
         if not 0 <= self.lecam_decay < 1:
             raise ValueError(f"lecam_decay must be in [0, 1), got {self.lecam_decay}")
+        if self.disc_head not in ("global", "patch"):
+            raise ValueError(f"disc_head must be 'global' or 'patch', got {self.disc_head!r}")
         if self.disc_levels < 1 or self.disc_channels < 1:
             raise ValueError("disc_levels and disc_channels must be >= 1")
         if self.perceptual_weight > 0 and not self.perceptual_weights:
@@ -77,17 +82,26 @@ class _DiscBlock(nn.Module):
 
 
 class Discriminator3D(nn.Module):
-    """(B, 3, T, H, W) in [-1, 1] -> (B,) logits. T = 1 (images) works too."""
+    """(B, 3, T, H, W) in [-1, 1] -> logits: (B,) with the global head, (B, T' * H' * W') with the
+    patch head (one per location of the last feature map). T = 1 (images) works too."""
 
-    def __init__(self, channels: int = 64, levels: int = 4, in_channels: int = 3):
+    def __init__(self, channels: int = 64, levels: int = 4, in_channels: int = 3, head: str = "global"):
         super().__init__()
         widths = [channels * min(2**i, 4) for i in range(levels + 1)]
+        self.patch = head == "patch"
         self.conv_in = nn.Conv3d(in_channels, widths[0], 3, padding=1)
         self.blocks = nn.Sequential(*(_DiscBlock(widths[i], widths[i + 1]) for i in range(levels)))
-        self.head = nn.Sequential(nn.LeakyReLU(0.2), nn.Linear(widths[-1], widths[-1]), nn.LeakyReLU(0.2), nn.Linear(widths[-1], 1))
+        if self.patch:
+            self.head = nn.Sequential(nn.LeakyReLU(0.2), nn.Conv3d(widths[-1], widths[-1], 1), nn.LeakyReLU(0.2),
+                                      nn.Conv3d(widths[-1], 1, 1))
+        else:
+            self.head = nn.Sequential(nn.LeakyReLU(0.2), nn.Linear(widths[-1], widths[-1]), nn.LeakyReLU(0.2),
+                                      nn.Linear(widths[-1], 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.blocks(F.leaky_relu(self.conv_in(x), 0.2))
+        if self.patch:
+            return self.head(h).flatten(1)
         return self.head(h.mean(dim=(2, 3, 4))).squeeze(-1)
 
 

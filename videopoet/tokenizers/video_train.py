@@ -346,7 +346,8 @@ class TokenizerTrainer:
             self.model.encoder.requires_grad_(False)
             self.model.quantizer.requires_grad_(False)
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
-        self.disc = Discriminator3D(cfg.loss.disc_channels, cfg.loss.disc_levels, cfg.model.in_channels)
+        self.disc = Discriminator3D(cfg.loss.disc_channels, cfg.loss.disc_levels, cfg.model.in_channels,
+                                    cfg.loss.disc_head)
         self.lecam = LeCAM(cfg.loss.lecam_decay)
         self.perceptual = PerceptualLoss(cfg.loss.perceptual_weights) if cfg.loss.perceptual_weight > 0 else None
         trainable = [p for p in self.model.parameters() if p.requires_grad]
