@@ -776,4 +776,15 @@ def train(config: str | Path, overrides: list[str] | None = None, *, resume: boo
     cfg = load_config(config, overrides)
     tr = Pretrainer(cfg, init_from=init_from)
     tr.fit(resume=resume)
+    _shutdown_process_group()  # on success only: after an error on one rank a barrier could hang
     return tr.out / "model"
+
+
+def _shutdown_process_group() -> None:
+    """Tear the process group down while every rank is alive: left to interpreter exit, a gloo
+    rank under CPU load was seen to abort ("terminate called without an active exception")."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
