@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         args.model = str(asset_dir("audio_tokenizer"))
     r = trace(AudioTokenizer.from_pretrained(args.model).eval())
     lost = [f"{t['hz']:g}" for t in r["tones"] if not t["kept"]]
-    print(f"{args.model}: {r['kept']}/24 tones kept ({r['kept_unquantized']}/24 without quantization); lost (Hz): {' '.join(lost)}")
+    n = len(r["tones"])
+    print(f"{args.model}: {r['kept']}/{n} tones kept ({r['kept_unquantized']}/{n} without quantization); lost (Hz): {' '.join(lost)}")
     print("encoder layer:      " + " ".join(f"{n[:8]:>8}" for n in r["encoder_layers"]))
     for k, v in r["difference_from_silence"].items():
         print(f"{k:>10} vs silence " + " ".join(f"{x:8.4f}" for x in v))

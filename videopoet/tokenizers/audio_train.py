@@ -552,11 +552,12 @@ def train_audio_tokenizer(recipe: AudioRecipe, out_dir: str | Path, *, resume: b
                 group["lr"] = base * warm
         x = sample_batch(corpus, step * world + fabric.global_rank, tc.batch_size, segment, tc.seed).to(fabric.device)
         quantizing = step >= tc.quantize_start_step or decoder_only
-        if quantizing and not decoder_only and not bool(tok.codebooks()[0].inited.item()):
+        upkeep = quantizing and not decoder_only  # frozen codebooks are never initialised, re-seeded or updated
+        if upkeep and not bool(tok.codebooks()[0].inited.item()):
             with torch.no_grad():
                 init_codebooks(tok, tok.encode_latents(x), tc.kmeans_iters, g)
         dead = []
-        if quantizing and not decoder_only:
+        if upkeep:
             with torch.no_grad():
                 dead = refresh_dead_codes(tok, tok.encode_latents(x), tc.dead_code_threshold, g,
                                           (lambda t: fabric.broadcast(t, 0)) if world > 1 else None)
@@ -593,7 +594,7 @@ def train_audio_tokenizer(recipe: AudioRecipe, out_dir: str | Path, *, resume: b
             fabric.backward(losses["disc"])
             opt_d.step()
         stats = {}
-        if q is not None and not decoder_only:
+        if upkeep:
             stats = update_codebooks(tok, q.residuals, q.codes, tc.ema_decay, all_reduce if world > 1 else None)
             stats.update({f"dead{i}": n for i, n in enumerate(dead)})
             stats["latent_spread"] = float(q.residuals[0].std(dim=2).mean())
