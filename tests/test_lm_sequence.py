@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from videopoet.config import load_yaml
 from videopoet.errors import ConfigError, InputError
 from videopoet.lm.sequence import Mod, build_sequence, collate, output_codes, parse_sequence
 from videopoet.lm.tasks import TASKS
@@ -220,16 +221,19 @@ def test_lm_preset_vocab_matches_the_tokenizer_presets(name):
 
 @pytest.mark.parametrize("name,frames", [("cpu", (17,)), ("small", (17,)), ("300m", (17, 41)), ("1b", (17, 41)), ("8b", (17, 41))])
 def test_presets_fit_every_task(name, frames):
-    """max_seq_len covers the longest task the preset serves: 5 x 16 x 16 latents for 17 frames
-    (64x64 at 4x, 128x128 at 8x), 11 x 16 x 16 for 41; 2.125 s of audio per 17 frames (106 codec
-    frames x 4 levels); 64 text tokens; the first frame 1 x 16 x 16."""
+    """max_seq_len covers the longest task the preset serves, with its video tokenizer's temporal
+    compression: 9 x 16 x 16 latents for 17 frames at 64x64 (tokenizer/cpu: 2x in time, 4x in
+    space), 5 x 16 x 16 at 128x128 (magvit2-128: 4x, 8x) and 11 x 16 x 16 for 41; 2.125 s of audio
+    per 17 frames (106 codec frames x 4 levels); 64 text tokens; the first frame 1 x 16 x 16."""
     from videopoet.lm.pretrained import load_preset
 
     vocab, cfg = load_preset(name)[:2]
+    tokenizer = "tokenizer/cpu" if name in ("cpu", "small") else "tokenizer/magvit2-128"
+    tc = load_yaml(tokenizer)["model"]["temporal_compression"]
     text = torch.zeros(64, dtype=torch.long) if vocab.text_size else torch.zeros(64, 8)
     longest = {}
     for n in frames:
-        t = 1 + (n - 1) // 4
+        t = 1 + (n - 1) // tc
         video = torch.zeros(t, 16, 16, dtype=torch.long)
         first = torch.zeros(1, 16, 16, dtype=torch.long)
         audio = torch.zeros(vocab.audio_levels, round(106 * n / 17), dtype=torch.long)

@@ -15,9 +15,9 @@ def test_a_pipeline_whose_context_leaves_nothing_to_generate_is_refused(tmp_path
     """Continuation with as many context frames as a clip has latent frames would loop forever."""
     from videopoet.tasks.pipeline import Pipeline, Settings
 
-    pipe = Pipeline.from_pretrained(quiet=True)  # 17 frames -> 5 latent frames
-    with pytest.raises(VideoPoetError, match="context_frames 5 must be in 1..4"):
-        Pipeline(pipe.lm, pipe.vocab, pipe.vt, pipe.at, pipe.tt, Settings(context_frames=5))
+    pipe = Pipeline.from_pretrained(quiet=True)  # 17 frames -> 9 latent frames
+    with pytest.raises(VideoPoetError, match="context_frames 9 must be in 1..8"):
+        Pipeline(pipe.lm, pipe.vocab, pipe.vt, pipe.at, pipe.tt, Settings(context_frames=9))
 
 
 def test_retrain_refuses_an_unknown_scale(tmp_path):

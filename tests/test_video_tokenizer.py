@@ -201,12 +201,12 @@ def test_config_validation():
         VideoTokenizerConfig(channels=10, norm_groups=32)
 
 
-@pytest.mark.parametrize("preset, spatial", [("debug", 8), ("cpu", 4), ("magvit2-128", 8)])
-def test_presets_parse(preset, spatial):
+@pytest.mark.parametrize("preset, temporal, spatial", [("debug", 4, 8), ("cpu", 2, 4), ("cpu_t4", 4, 4), ("magvit2-128", 4, 8)])
+def test_presets_parse(preset, temporal, spatial):
     from videopoet.tokenizers.video_train import load_train_config
 
     cfg = load_train_config(f"tokenizer/{preset}")
-    assert cfg.model.temporal_compression == 4 and cfg.model.spatial_compression == spatial
+    assert cfg.model.temporal_compression == temporal and cfg.model.spatial_compression == spatial
 
 
 def test_paper_preset_shape_and_parameter_count_on_meta_device():

@@ -105,10 +105,10 @@ def test_shipped_default_tokenizer_loads_and_round_trips():
     tok = load_video_tokenizer()
     # the shipped model is the `cpu` preset's model (its vocabulary is the LM cpu preset's visual range)
     assert tok.config == load_train_config("tokenizer/cpu").model
-    assert tok.config.bits == 18 and tok.token_shape((3, 17, 64, 64)) == (5, 16, 16)
+    assert tok.config.bits == 18 and tok.token_shape((3, 17, 64, 64)) == (9, 16, 16)
     x = torch.zeros(1, 3, 17, 64, 64)
     codes = tok.encode(x)
-    assert codes.shape == (1, 5, 16, 16) and tok.decode(codes).shape == (1, 3, 17, 64, 64)
+    assert codes.shape == (1, 9, 16, 16) and tok.decode(codes).shape == (1, 3, 17, 64, 64)
 
 
 @pytest.mark.slow
