@@ -39,10 +39,9 @@ SCALES: dict[str, dict[str, Any]] = {
 def retrain(out: str | Path, scale: str = "cpu", *, log: Callable[[str], None] = print) -> Path:
     """Train video tokenizer, audio codec, text model and LM from scratch into OUT; return
     OUT/pipeline, a pipeline directory. Stages already finished in OUT are skipped."""
-    from videopoet.config import save_json, to_dict
+    from videopoet.config import load_json, save_json, to_dict
     from videopoet.data.tokenize import tokenize
     from videopoet.errors import InputError
-    from videopoet.lm.pretrain import load_config as load_lm_config
     from videopoet.lm.pretrain import train as train_lm
     from videopoet.tasks.pipeline import PARTS, PIPELINE_NAME, Settings
     from videopoet.tokenizers.audio_train import load_recipe, train_audio_tokenizer
@@ -94,7 +93,7 @@ def retrain(out: str | Path, scale: str = "cpu", *, log: Callable[[str], None] =
     for key, src in (("lm", lm_run / "model"), ("video", video_dir), ("audio", audio_dir), ("text", out / "text")):
         shutil.copytree(src, pipe / PARTS[key])
     tc = VideoTokenizer.from_pretrained(video_dir).config.temporal_compression
-    want = load_lm_config(r["lm"], [f"data.shards={shards}"]).data.frame_pred_context
+    want = load_json(lm_run / "train_config.json")["data"]["frame_pred_context"]  # what the LM was trained with
     context = min(want, (r["frames"] - 1) // tc)  # as training's frame prediction: at most t - 1 latent frames
     save_json(to_dict(Settings(frames=r["frames"], size=r["size"], context_frames=context, guidance=2.0)), pipe / PIPELINE_NAME)
     log(f"retrain: the whole stack in {time.time() - t0:.0f} s; pipeline directory {pipe}")
