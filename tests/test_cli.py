@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 from pathlib import Path
@@ -121,3 +122,24 @@ def test_module_entry_points_run_commands(module):
     assert r.returncode == 2 and "--batch and --part-size must be >= 1" in r.stderr, r.stderr
     r = subprocess.run([sys.executable, "-m", module, "--version"], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.startswith("videopoet ")
+
+
+def test_every_command_help_formats(capsys):
+    # argparse %-formats every help string: a docstring's bare "95%" made `eval run --help` crash
+    parser = cli.build_parser()
+    checked = []
+
+    def walk(p, path):
+        p.format_help()
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, path + [name])
+        checked.append(" ".join(path))
+
+    walk(parser, [])
+    assert "eval run" in checked and len(checked) > 20
+    with pytest.raises(SystemExit) as e:
+        cli.main(["eval", "run", "--help"])
+    assert e.value.code == 0
+    assert "read < 95% of the" in capsys.readouterr().out

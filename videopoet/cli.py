@@ -92,7 +92,8 @@ def _doc_parts(fn: Callable[..., Any]) -> tuple[str, dict[str, str]]:
                 cur = None
         else:
             summary.append(line)
-    return "\n".join(summary).strip(), params
+    # argparse %-formats help strings (for %(default)s): a docstring's "95%" must reach it as "95%%"
+    return "\n".join(summary).strip(), {k: v.replace("%", "%%") for k, v in params.items()}
 
 
 def _unwrap_optional(tp: Any) -> Any:
@@ -131,7 +132,7 @@ def _add_param(parser: argparse.ArgumentParser, p: inspect.Parameter, tp: Any, h
     if p.default is inspect.Parameter.empty:
         kwargs["help"] = f"{help_text} (required: as a flag or in --config)".strip()
     elif p.default is not None and tp is not bool:
-        kwargs["help"] = f"{help_text} (default: {p.default})".strip()
+        kwargs["help"] = f"{help_text} (default: {str(p.default).replace('%', '%%')})".strip()
     if tp is bool:
         kwargs["action"] = argparse.BooleanOptionalAction
         if p.default is not inspect.Parameter.empty:
@@ -190,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
             target = groups[name[0]]
         sp = target.add_parser(
             name[-1],
-            help=summary.splitlines()[0] if summary else "",
+            help=summary.splitlines()[0].replace("%", "%%") if summary else "",
             description=summary,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
