@@ -50,9 +50,14 @@ def trace(model: AudioTokenizer) -> dict:
     enc = model.model.encoder
     silence = sine(0.0, 1.0, sr)
 
+    if hasattr(enc, "layers"):  # SEANet on the waveform
+        stages = list(enc.layers)
+    else:  # SpectralEncoder: spectrum, its conv stack, then the LSTM (with its skip) and the output conv
+        stages = [enc.features, *enc.convs, lambda h: h + enc.lstm(h.transpose(1, 2))[0].transpose(1, 2), enc.out]
+
     def acts(x: torch.Tensor) -> list[torch.Tensor]:
         out, h = [], x
-        for layer in enc.layers:
+        for layer in stages:
             h = layer(h)
             out.append(h)
         return out
@@ -61,7 +66,8 @@ def trace(model: AudioTokenizer) -> dict:
     for f in (440.0, 1357.0):
         a = acts(sine(f, 1.0, sr))
         layers[f"{f:g} Hz"] = [round(float((u - v).pow(2).mean().sqrt()), 5) for u, v in zip(a, base, strict=True)]
-    names = [type(layer).__name__.replace("Encodec", "") for layer in enc.layers]
+    names = [getattr(layer, "__name__", type(layer).__name__).replace("Encodec", "").strip("_<>")
+             for layer in stages]
     return {"tones": tones, "kept": sum(t["kept"] for t in tones), "kept_unquantized": sum(t["kept_unquantized"] for t in tones),
             "encoder_layers": names, "difference_from_silence": layers}
 

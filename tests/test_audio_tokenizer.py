@@ -59,6 +59,7 @@ def test_videopoet_preset_maps_onto_encodec():
 @pytest.mark.parametrize("bad", [
     {"codebook_size": 1000}, {"strides": []}, {"strides": [2, 0]}, {"num_levels": 0},
     {"codebook_dim": 7, "hidden_size": 8}, {"sample_rate": 100}, {"num_filters": 5},
+    {"frontend": "mel"}, {"frontend": "stft", "frontend_substeps": 3}, {"frontend": "stft", "frontend_channels": 0},
 ])
 def test_bad_config_fields(bad):
     with pytest.raises(ConfigError):
@@ -170,6 +171,36 @@ def test_save_load_identical(tok, tmp_path):
     x = audio(1, 0.3)
     assert torch.equal(loaded.encode(x), tok.encode(x))
     assert torch.equal(loaded.decode(tok.encode(x)), tok.decode(tok.encode(x)))
+
+
+def test_stft_frontend_is_causal_frame_aligned_and_saves(tmp_path):
+    torch.manual_seed(0)
+    cfg = AudioTokenizerConfig(**{**DEBUG.__dict__, "frontend": "stft", "frontend_channels": 16})
+    spec = AudioTokenizer(cfg).eval()
+    hop = cfg.hop_length  # 40 samples at 8 kHz
+    assert type(spec.model.encoder).__name__ == "SpectralEncoder"
+    x = audio(1, 0.5)  # 4000 samples: 100 frames
+    z = spec.encode_latents(x)
+    assert z.shape == (1, cfg.hidden_size, 100)
+    assert spec.encode(x[..., :4039]).shape == (1, 3, 100)
+    # frame t sees samples < (t + 1) * hop only: changing everything from frame 30 on keeps frames 0-29
+    y = x.clone()
+    y[..., 30 * hop:] = -y[..., 30 * hop:]
+    zy = spec.encode_latents(y)
+    assert torch.equal(z[..., :30], zy[..., :30])
+    assert (z[..., 30] - zy[..., 30]).abs().max() > 1e-4
+    # a tone's level moves the compressed spectrum by level ** 0.3, not by the level
+    feats = spec.model.encoder.features
+    t = torch.arange(4000) / 8000
+    tone = torch.sin(2 * math.pi * 1000 * t)[None, None]
+    ratio = feats(0.5 * tone).abs().amax() / feats(0.05 * tone).abs().amax()
+    assert abs(float(ratio) - 10 ** 0.3) < 0.01
+    spec.save_pretrained(tmp_path / "s")
+    loaded = AudioTokenizer.from_pretrained(tmp_path / "s")
+    assert loaded.config.frontend == "stft"
+    assert torch.equal(loaded.encode(x), spec.encode(x))
+    n_wave = sum(p.numel() for p in AudioTokenizer(DEBUG).model.encoder.parameters())
+    assert sum(p.numel() for p in spec.model.encoder.parameters()) != n_wave  # the SEANet encoder is gone
 
 
 def test_fp16_save_loads_into_fp32(tok, tmp_path):

@@ -4,6 +4,8 @@ Design choices
 - The network is Hugging Face's `EncodecModel` (SEANet encoder/decoder + LSTM + residual VQ), so the
   official 24 kHz EnCodec weights load from a local directory (`from_pretrained` detects a
   config.json whose model_type is "encodec"). Our config maps onto `EncodecConfig` one to one.
+  `frontend: stft` swaps the SEANet waveform encoder for `SpectralEncoder` (a causal spectrogram
+  into a small conv + LSTM stack); the decoder and the quantizer stay EnCodec's.
 - Mono only. `encode` takes (B, C, S) in [-1, 1]; C > 1 is mixed down to mono (mean) — documented
   behaviour, not an error. Resampling and clipping happen when loading files (`prepare_waveform`).
 - Frames: T = S // hop (hop = product of the strides). A trailing partial frame (< hop samples) is
@@ -62,6 +64,12 @@ class AudioTokenizerConfig:
     pad_mode: str = "reflect"
     norm_type: Literal["weight_norm", "time_group_norm"] = "weight_norm"
     use_conv_shortcut: bool = True
+    # The encoder's input: "waveform" (EnCodec's SEANet on samples) or "stft" (a causal complex
+    # spectrogram, hop = hop_length / frontend_substeps, window 2 x hop_length, into a small conv +
+    # LSTM stack at the frame rate; `SpectralEncoder`). The decoder is the SEANet one either way.
+    frontend: Literal["waveform", "stft"] = "waveform"
+    frontend_channels: int = 256
+    frontend_substeps: int = 2
 
     def __post_init__(self) -> None:
         self.strides = tuple(int(s) for s in self.strides)
@@ -82,6 +90,12 @@ class AudioTokenizerConfig:
                 raise ConfigError(f"{name}: expected >= 1, got {getattr(self, name)}")
         if self.num_filters % self.compress:
             raise ConfigError(f"num_filters ({self.num_filters}) must be divisible by compress ({self.compress})")
+        if self.frontend not in ("waveform", "stft"):
+            raise ConfigError(f"frontend: expected waveform or stft, got {self.frontend!r}")
+        if self.frontend == "stft" and (self.frontend_channels < 1 or self.frontend_substeps < 1
+                                        or self.hop_length % self.frontend_substeps):
+            raise ConfigError(f"frontend_channels >= 1 and frontend_substeps >= 1 dividing the hop ({self.hop_length}); "
+                              f"got {self.frontend_channels}, {self.frontend_substeps}")
         if self.pad_mode not in ("reflect", "constant", "replicate"):
             raise ConfigError(f"pad_mode: expected reflect/constant/replicate, got {self.pad_mode!r}")
 
@@ -210,6 +224,69 @@ class QuantizedLatents(NamedTuple):
     commit_loss: torch.Tensor  # scalar: sum over levels of mean ||residual - sg(code)||^2
 
 
+# ------------------------------------------------------------------------------ spectral encoder
+class _CausalConv(nn.Conv1d):
+    """Conv1d padded on the left only: output frame t sees inputs up to t * stride + stride - 1."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k = (self.kernel_size[0] - 1) * self.dilation[0] + 1
+        return super().forward(F.pad(x, (k - self.stride[0], 0)))
+
+
+class _SpectralResBlock(nn.Module):
+    def __init__(self, ch: int, dilation: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.ELU(), _CausalConv(ch, ch // 2, 3, dilation=dilation), nn.ELU(),
+                                  _CausalConv(ch // 2, ch, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class SpectralEncoder(nn.Module):
+    """A causal STFT front end for the codec's encoder (`frontend: stft`).
+
+    Why: SEANet's waveform encoder must turn a tone into channel energy before its stride-4 stage
+    (2 kHz, Nyquist 1 kHz); the shipped one never learned to for tones above ~950 Hz
+    (benchmarks/audio_tone_trace.py). A spectrogram makes pitch a matter of which channel, which a
+    linear layer reads. Frames: a Hann window of 2 x hop_length samples ending at each sub-step
+    (hop_length / frontend_substeps samples; zeros before the start), so frame t of the output sees
+    samples < (t + 1) * hop_length only. Input features: the complex spectrum with its magnitude
+    compressed to |X|^0.3 (real and imaginary parts as channels), which keeps the phase for the
+    decoder and spans a tone's 60 dB of level in ~2 decades.
+    """
+
+    def __init__(self, cfg: AudioTokenizerConfig):
+        super().__init__()
+        self.sub = cfg.frontend_substeps
+        self.hop = cfg.hop_length // self.sub
+        self.n_fft = 2 * cfg.hop_length
+        self.register_buffer("window", torch.hann_window(self.n_fft, periodic=True), persistent=False)
+        bins, ch = self.n_fft // 2 + 1, cfg.frontend_channels
+        layers: list[nn.Module] = [_CausalConv(2 * bins, ch, 3)]
+        layers += [_SpectralResBlock(ch, d) for d in (1, 3)]
+        layers += [nn.ELU(), _CausalConv(ch, ch, 2 * self.sub, stride=self.sub)] if self.sub > 1 else []
+        self.convs = nn.Sequential(*layers)
+        self.lstm = nn.LSTM(ch, ch, num_layers=cfg.num_lstm_layers, batch_first=True)
+        self.out = nn.Sequential(nn.ELU(), _CausalConv(ch, cfg.hidden_size, 3))
+
+    def features(self, audio: torch.Tensor) -> torch.Tensor:
+        """(B, 1, S) -> (B, 2 * bins, S // sub-hop) compressed complex spectrum."""
+        x = audio[:, 0, : audio.shape[-1] // self.hop * self.hop]
+        x = F.pad(x, (self.n_fft - self.hop, 0))
+        frames = x.unfold(-1, self.n_fft, self.hop) * self.window  # (B, F, n_fft)
+        spec = torch.fft.rfft(frames, dim=-1)  # (B, F, bins)
+        mag = spec.abs().clamp_min(1e-7)
+        spec = spec * (mag.pow(0.3) / mag)
+        return torch.cat([spec.real, spec.imag], dim=-1).transpose(1, 2)
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        """(B, 1, S) -> (B, hidden_size, S // hop_length)."""
+        h = self.convs(self.features(audio))
+        h = h + self.lstm(h.transpose(1, 2))[0].transpose(1, 2)
+        return self.out(h)
+
+
 # ---------------------------------------------------------------------------------------- model
 class AudioTokenizer(Tokenizer):
     config_class = AudioTokenizerConfig
@@ -226,6 +303,8 @@ class AudioTokenizer(Tokenizer):
             self.model = EncodecModel(config.to_hf())
         finally:
             hf_logging.set_verbosity(verbosity)
+        if config.frontend == "stft":  # SEANet's waveform encoder is not built into the state
+            self.model.encoder = SpectralEncoder(config)
         self._init_fresh_weights()
         # EncodecModel zero-initialises its codebooks; random codes make an untrained model usable
         # (distinct codes) and the trainer re-initialises them from data (k-means) while inited == 0.
@@ -245,7 +324,8 @@ class AudioTokenizer(Tokenizer):
         one code. Here each conv's effective weight is N(0, 1/fan_in) and encoder biases start at 0,
         which gives latents of order 0.1 whose spread exceeds the per-step drift.
         """
-        for part in (self.model.encoder, self.model.decoder):
+        parts = (self.model.decoder,) if self.config.frontend == "stft" else (self.model.encoder, self.model.decoder)
+        for part in parts:
             for m in part.modules():
                 if not isinstance(m, (nn.Conv1d, nn.ConvTranspose1d)):
                     continue
@@ -255,7 +335,7 @@ class AudioTokenizer(Tokenizer):
                 v.normal_(0.0, 1.0 / math.sqrt(fan_in))
                 if wn is not None:  # weight = g * v / ||v|| with g = ||v||: weight = v
                     wn.original0.copy_(v.norm(dim=list(range(1, v.dim())), keepdim=True))
-        for m in self.model.encoder.modules():
+        for m in parts[0].modules() if self.config.frontend == "waveform" else ():
             for name, p in m.named_parameters(recurse=False):
                 if name.startswith("bias"):
                     p.zero_()
