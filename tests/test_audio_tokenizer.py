@@ -60,6 +60,7 @@ def test_videopoet_preset_maps_onto_encodec():
     {"codebook_size": 1000}, {"strides": []}, {"strides": [2, 0]}, {"num_levels": 0},
     {"codebook_dim": 7, "hidden_size": 8}, {"sample_rate": 100}, {"num_filters": 5},
     {"frontend": "mel"}, {"frontend": "stft", "frontend_substeps": 3}, {"frontend": "stft", "frontend_channels": 0},
+    {"decoder": "hifigan"}, {"decoder": "istft", "decoder_upsample": 3}, {"decoder": "istft", "decoder_layers": 0},
 ])
 def test_bad_config_fields(bad):
     with pytest.raises(ConfigError):
@@ -201,6 +202,31 @@ def test_stft_frontend_is_causal_frame_aligned_and_saves(tmp_path):
     assert torch.equal(loaded.encode(x), spec.encode(x))
     n_wave = sum(p.numel() for p in AudioTokenizer(DEBUG).model.encoder.parameters())
     assert sum(p.numel() for p in spec.model.encoder.parameters()) != n_wave  # the SEANet encoder is gone
+
+
+def test_istft_decoder_synthesizes_exact_lengths_and_inverts_an_stft(tmp_path):
+    torch.manual_seed(0)
+    cfg = AudioTokenizerConfig(**{**DEBUG.__dict__, "decoder": "istft", "decoder_channels": 16, "decoder_layers": 2})
+    voc = AudioTokenizer(cfg).eval()
+    dec = voc.model.decoder
+    assert type(dec).__name__ == "ISTFTDecoder" and dec.hop == cfg.hop_length // 2 and dec.n_fft == 4 * dec.hop
+    x = audio(1, 0.5)
+    codes = voc.encode(x)
+    y = voc.decode(codes)
+    assert codes.shape == (1, 3, 100) and y.shape == (1, 1, 100 * cfg.hop_length)
+    assert bool(torch.isfinite(y).all()) and float(y.abs().max()) <= 1.0
+    # the synthesis is an inverse STFT: the log-magnitude and phase of x's own STFT give x back
+    spec = torch.stft(x[:, 0], dec.n_fft, dec.hop, window=dec.window, center=True, return_complex=True)[..., :-1]
+    back = dec.synthesize(spec.abs().clamp_min(1e-9).log(), spec.angle())
+    assert back.shape == x.shape
+    assert float((back - x)[..., : -dec.n_fft].abs().max()) < 1e-4  # the last window lacks its next frame
+    # gradients reach every decoder weight through the synthesis
+    dec.train()
+    voc.decode_latents(voc.encode_latents(x)).pow(2).mean().backward()
+    assert all(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in dec.parameters())
+    voc.save_pretrained(tmp_path / "v")
+    loaded = AudioTokenizer.from_pretrained(tmp_path / "v").eval()
+    assert torch.equal(loaded.decode(codes), voc.eval().decode(codes))
 
 
 def test_fp16_save_loads_into_fp32(tok, tmp_path):

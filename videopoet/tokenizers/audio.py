@@ -70,6 +70,13 @@ class AudioTokenizerConfig:
     frontend: Literal["waveform", "stft"] = "waveform"
     frontend_channels: int = 256
     frontend_substeps: int = 2
+    # The decoder: "seanet" (EnCodec's transposed convolutions up to the sample rate) or "istft"
+    # (Vocos-style: ConvNeXt blocks at decoder_upsample x the frame rate predict a log-magnitude and a
+    # phase per bin, window 4 x hop / decoder_upsample; an inverse STFT makes the samples; `ISTFTDecoder`)
+    decoder: Literal["seanet", "istft"] = "seanet"
+    decoder_channels: int = 192
+    decoder_layers: int = 6
+    decoder_upsample: int = 2
 
     def __post_init__(self) -> None:
         self.strides = tuple(int(s) for s in self.strides)
@@ -96,6 +103,12 @@ class AudioTokenizerConfig:
                                         or self.hop_length % self.frontend_substeps):
             raise ConfigError(f"frontend_channels >= 1 and frontend_substeps >= 1 dividing the hop ({self.hop_length}); "
                               f"got {self.frontend_channels}, {self.frontend_substeps}")
+        if self.decoder not in ("seanet", "istft"):
+            raise ConfigError(f"decoder: expected seanet or istft, got {self.decoder!r}")
+        if self.decoder == "istft" and (self.decoder_channels < 1 or self.decoder_layers < 1 or self.decoder_upsample < 1
+                                        or self.hop_length % self.decoder_upsample):
+            raise ConfigError(f"decoder_channels, decoder_layers >= 1 and decoder_upsample >= 1 dividing the hop "
+                              f"({self.hop_length}); got {self.decoder_channels}, {self.decoder_layers}, {self.decoder_upsample}")
         if self.pad_mode not in ("reflect", "constant", "replicate"):
             raise ConfigError(f"pad_mode: expected reflect/constant/replicate, got {self.pad_mode!r}")
 
@@ -252,8 +265,8 @@ class SpectralEncoder(nn.Module):
     linear layer reads. Frames: a Hann window of 2 x hop_length samples ending at each sub-step
     (hop_length / frontend_substeps samples; zeros before the start), so frame t of the output sees
     samples < (t + 1) * hop_length only. Input features: the complex spectrum with its magnitude
-    compressed to |X|^0.3 (real and imaginary parts as channels), which keeps the phase for the
-    decoder and spans a tone's 60 dB of level in ~2 decades.
+    compressed to |X|^0.3 (real and imaginary parts as channels, then |X|^0.3 itself), which keeps
+    the phase for the decoder and spans a tone's 60 dB of level in ~2 decades.
     """
 
     def __init__(self, cfg: AudioTokenizerConfig):
@@ -263,7 +276,7 @@ class SpectralEncoder(nn.Module):
         self.n_fft = 2 * cfg.hop_length
         self.register_buffer("window", torch.hann_window(self.n_fft, periodic=True), persistent=False)
         bins, ch = self.n_fft // 2 + 1, cfg.frontend_channels
-        layers: list[nn.Module] = [_CausalConv(2 * bins, ch, 3)]
+        layers: list[nn.Module] = [_CausalConv(3 * bins, ch, 3)]
         layers += [_SpectralResBlock(ch, d) for d in (1, 3)]
         layers += [nn.ELU(), _CausalConv(ch, ch, 2 * self.sub, stride=self.sub)] if self.sub > 1 else []
         self.convs = nn.Sequential(*layers)
@@ -271,20 +284,77 @@ class SpectralEncoder(nn.Module):
         self.out = nn.Sequential(nn.ELU(), _CausalConv(ch, cfg.hidden_size, 3))
 
     def features(self, audio: torch.Tensor) -> torch.Tensor:
-        """(B, 1, S) -> (B, 2 * bins, S // sub-hop) compressed complex spectrum."""
+        """(B, 1, S) -> (B, 3 * bins, S // sub-hop): compressed complex spectrum and its magnitude."""
         x = audio[:, 0, : audio.shape[-1] // self.hop * self.hop]
         x = F.pad(x, (self.n_fft - self.hop, 0))
         frames = x.unfold(-1, self.n_fft, self.hop) * self.window  # (B, F, n_fft)
         spec = torch.fft.rfft(frames, dim=-1)  # (B, F, bins)
         mag = spec.abs().clamp_min(1e-7)
         spec = spec * (mag.pow(0.3) / mag)
-        return torch.cat([spec.real, spec.imag], dim=-1).transpose(1, 2)
+        # the compressed magnitude too: a rotating phase makes real and imaginary parts of a steady
+        # tone change sign from frame to frame, its magnitude does not
+        return torch.cat([spec.real, spec.imag, mag.pow(0.3)], dim=-1).transpose(1, 2)
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
         """(B, 1, S) -> (B, hidden_size, S // hop_length)."""
         h = self.convs(self.features(audio))
         h = h + self.lstm(h.transpose(1, 2))[0].transpose(1, 2)
         return self.out(h)
+
+
+class _ConvNeXtBlock(nn.Module):
+    def __init__(self, ch: int):
+        super().__init__()
+        self.dw = nn.Conv1d(ch, ch, 7, padding=3, groups=ch)
+        self.norm = nn.LayerNorm(ch)
+        self.mlp = nn.Sequential(nn.Linear(ch, 3 * ch), nn.GELU(), nn.Linear(3 * ch, ch))
+        self.scale = nn.Parameter(torch.full((ch,), 0.1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, T)
+        h = self.mlp(self.norm(self.dw(x).transpose(1, 2))) * self.scale
+        return x + h.transpose(1, 2)
+
+
+class ISTFTDecoder(nn.Module):
+    """A Vocos-style decoder (`decoder: istft`): latents -> per-bin log-magnitude and phase -> inverse STFT.
+
+    Why: SEANet's transposed convolutions learn low frequencies first and slowly (after 1,500 steps a
+    fresh codec still outputs near-silence for the shapes tones above ~1 kHz); predicting the spectrum
+    makes every frequency one output unit away. Latents are repeated `decoder_upsample` times per
+    frame, mixed by a conv and ConvNeXt blocks (non-causal, kernel 7), and a linear head gives
+    log-magnitudes (clamped to e^5) and phases for a Hann window of 4 x the sub-hop, as Vocos does.
+    Measured after 500 steps from scratch: a steady high tone's predicted phase barely moves from
+    frame to frame, so it comes back as a buzz at multiples of the 100 Hz sub-frame rate (1,357 Hz
+    as 1,300 or 1,400 Hz); Vocos gets phase right through its adversarial losses. Summing predicted
+    phase advances over frames instead was worse (3/24 tones against 10/24). Output: exactly
+    T x hop_length samples.
+    """
+
+    def __init__(self, cfg: AudioTokenizerConfig):
+        super().__init__()
+        self.up = cfg.decoder_upsample
+        self.hop = cfg.hop_length // self.up
+        self.n_fft = 4 * self.hop
+        ch, bins = cfg.decoder_channels, self.n_fft // 2 + 1
+        self.register_buffer("window", torch.hann_window(self.n_fft, periodic=True), persistent=False)
+        self.inp = nn.Conv1d(cfg.hidden_size, ch, 7, padding=3)
+        self.blocks = nn.Sequential(*[_ConvNeXtBlock(ch) for _ in range(cfg.decoder_layers)])
+        self.norm = nn.LayerNorm(ch)
+        self.head = nn.Linear(ch, 2 * bins)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, D, T) -> (B, 1, T * hop_length)."""
+        h = self.blocks(self.inp(z.repeat_interleave(self.up, dim=-1)))
+        logmag, phase = self.head(self.norm(h.transpose(1, 2))).transpose(1, 2).chunk(2, dim=1)  # (B, bins, T')
+        return self.synthesize(logmag, phase)
+
+    def synthesize(self, logmag: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
+        """(B, bins, T') log-magnitudes and phases -> (B, 1, T' * sub-hop) samples (centred frames)."""
+        mag, phase = logmag.float().clamp(max=5.0).exp(), phase.float()  # fp32 under bf16 autocast too
+        spec = torch.complex(mag * torch.cos(phase), mag * torch.sin(phase))
+        audio = torch.istft(spec, self.n_fft, self.hop, window=self.window, center=True,
+                            length=spec.shape[-1] * self.hop)
+        return audio[:, None]
 
 
 # ---------------------------------------------------------------------------------------- model
@@ -305,6 +375,8 @@ class AudioTokenizer(Tokenizer):
             hf_logging.set_verbosity(verbosity)
         if config.frontend == "stft":  # SEANet's waveform encoder is not built into the state
             self.model.encoder = SpectralEncoder(config)
+        if config.decoder == "istft":
+            self.model.decoder = ISTFTDecoder(config)
         self._init_fresh_weights()
         # EncodecModel zero-initialises its codebooks; random codes make an untrained model usable
         # (distinct codes) and the trainer re-initialises them from data (k-means) while inited == 0.
@@ -324,7 +396,9 @@ class AudioTokenizer(Tokenizer):
         one code. Here each conv's effective weight is N(0, 1/fan_in) and encoder biases start at 0,
         which gives latents of order 0.1 whose spread exceeds the per-step drift.
         """
-        parts = (self.model.decoder,) if self.config.frontend == "stft" else (self.model.encoder, self.model.decoder)
+        seanet_encoder = self.config.frontend == "waveform"
+        parts = [self.model.encoder] if seanet_encoder else []
+        parts += [self.model.decoder] if self.config.decoder == "seanet" else []
         for part in parts:
             for m in part.modules():
                 if not isinstance(m, (nn.Conv1d, nn.ConvTranspose1d)):
@@ -335,7 +409,7 @@ class AudioTokenizer(Tokenizer):
                 v.normal_(0.0, 1.0 / math.sqrt(fan_in))
                 if wn is not None:  # weight = g * v / ||v|| with g = ||v||: weight = v
                     wn.original0.copy_(v.norm(dim=list(range(1, v.dim())), keepdim=True))
-        for m in parts[0].modules() if self.config.frontend == "waveform" else ():
+        for m in self.model.encoder.modules() if seanet_encoder else ():
             for name, p in m.named_parameters(recurse=False):
                 if name.startswith("bias"):
                     p.zero_()
