@@ -37,7 +37,7 @@ def audio(batch=2, seconds=0.5, sr=8000, seed=0):
 
 # ------------------------------------------------------------------------------------------ config
 def test_presets_parse_and_videopoet_layout():
-    for name in ("audio/debug", "audio/cpu", "audio/videopoet"):
+    for name in ("audio/debug", "audio/cpu", "audio/cpu_spectral", "audio/videopoet"):
         r = load_recipe(name)
         assert isinstance(r, AudioRecipe)
     vp = load_recipe("audio/videopoet").model
