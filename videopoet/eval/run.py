@@ -271,14 +271,20 @@ def write_report(runs: list[str | Path], out: str | Path, *, train_logs: list[st
                 table[name] = dict(zip(metrics, vals, strict=True))
                 lines.append(f"| *{name}* | " + " | ".join(_fmt(v) for v in vals) + " |")
         figures["tasks"][task] = table
-        fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(metrics), 3))
-        w = 0.8 / max(1, len(rs))
-        for i, (label, r) in enumerate(rs):
-            ax.bar(np.arange(len(metrics)) + i * w, [_num(r["summary"].get(m)) for m in metrics], w, label=label)
-        ax.set_xticks(np.arange(len(metrics)) + w * (len(rs) - 1) / 2, metrics, rotation=20, fontsize=8)
-        ax.set_title(task)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
+        # one panel per metric with its own scale: shares (0-1) and distances (fd_probe ~10-350,
+        # PSNR ~20 dB) on one axis leave the shares invisible
+        fig, axes = plt.subplots(1, len(metrics), figsize=(0.6 + 1.7 * len(metrics), 3.2), squeeze=False)
+        colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        for ax, m in zip(axes[0], metrics, strict=True):
+            for i, (label, r) in enumerate(rs):
+                ax.bar(i, _num(r["summary"].get(m)), 0.8, color=colours[i % len(colours)], label=label)
+            ax.set_xticks([])
+            ax.set_title(m, fontsize=8)
+            ax.tick_params(labelsize=7)
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", ncol=len(rs), fontsize=7, frameon=False)
+        fig.suptitle(task, fontsize=9)
+        fig.tight_layout(rect=(0, 0.08, 1, 1))
         fig.savefig(out / f"{task}.png", dpi=100)
         plt.close(fig)
         lines += ["", f"![{task}]({task}.png)", ""]
