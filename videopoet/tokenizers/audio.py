@@ -5,7 +5,8 @@ Design choices
   official 24 kHz EnCodec weights load from a local directory (`from_pretrained` detects a
   config.json whose model_type is "encodec"). Our config maps onto `EncodecConfig` one to one.
   `frontend: stft` swaps the SEANet waveform encoder for `SpectralEncoder` (a causal spectrogram
-  into a small conv + LSTM stack); the decoder and the quantizer stay EnCodec's.
+  into a small conv + LSTM stack) and `decoder: istft` the SEANet decoder for `ISTFTDecoder`
+  (Vocos-style); the quantizer stays EnCodec's either way.
 - Mono only. `encode` takes (B, C, S) in [-1, 1]; C > 1 is mixed down to mono (mean) — documented
   behaviour, not an error. Resampling and clipping happen when loading files (`prepare_waveform`).
 - Frames: T = S // hop (hop = product of the strides). A trailing partial frame (< hop samples) is
@@ -66,7 +67,7 @@ class AudioTokenizerConfig:
     use_conv_shortcut: bool = True
     # The encoder's input: "waveform" (EnCodec's SEANet on samples) or "stft" (a causal complex
     # spectrogram, hop = hop_length / frontend_substeps, window 2 x hop_length, into a small conv +
-    # LSTM stack at the frame rate; `SpectralEncoder`). The decoder is the SEANet one either way.
+    # LSTM stack at the frame rate; `SpectralEncoder`).
     frontend: Literal["waveform", "stft"] = "waveform"
     frontend_channels: int = 256
     frontend_substeps: int = 2
@@ -290,10 +291,11 @@ class SpectralEncoder(nn.Module):
         frames = x.unfold(-1, self.n_fft, self.hop) * self.window  # (B, F, n_fft)
         spec = torch.fft.rfft(frames, dim=-1)  # (B, F, bins)
         mag = spec.abs().clamp_min(1e-7)
-        spec = spec * (mag.pow(0.3) / mag)
+        compressed = mag.pow(0.3)
+        spec = spec * (compressed / mag)
         # the compressed magnitude too: a rotating phase makes real and imaginary parts of a steady
         # tone change sign from frame to frame, its magnitude does not
-        return torch.cat([spec.real, spec.imag, mag.pow(0.3)], dim=-1).transpose(1, 2)
+        return torch.cat([spec.real, spec.imag, compressed], dim=-1).transpose(1, 2)
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
         """(B, 1, S) -> (B, hidden_size, S // hop_length)."""
