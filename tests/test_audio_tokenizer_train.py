@@ -132,6 +132,22 @@ def test_batches_are_a_function_of_the_step():
     assert len(corpus.heldout) == 4 and len(corpus.train) == 3
 
 
+def test_shapes_clips_with_up_to_four_sounding_objects():
+    from videopoet.data.shapes import ShapesConfig, make_audio
+
+    two = build_corpus(debug_recipe("data.sources=[shapes]", "data.shapes_clips=12").data, 8000, log=quiet)
+    four = build_corpus(debug_recipe("data.sources=[shapes]", "data.shapes_clips=12", "data.shapes_max_objects=4").data,
+                        8000, log=quiet)
+    counts = [make_audio(ShapesConfig(size=32, sample_rate=8000, max_objects=4), 0, i)[1].count(" moves ") for i in range(12)]
+    assert max(counts) >= 3 and len(four.train) == len(two.train) == 12
+    # the clips with 3-4 objects are what the 4-object setting adds: their sound differs
+    assert any(not torch.equal(a, b) for a, b in zip(two.train, four.train, strict=True))
+    from videopoet.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="data.shapes_max_objects"):
+        debug_recipe("data.sources=[shapes]", "data.shapes_max_objects=5")
+
+
 def test_real_recordings_keep_a_held_out_tail(tmp_path):
     from videopoet.data.writers import write_audio
 

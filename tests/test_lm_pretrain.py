@@ -18,7 +18,7 @@ import torch
 
 from videopoet.data.shards import ShardReader
 from videopoet.data.tokenize import tokenize
-from videopoet.errors import ConfigError
+from videopoet.errors import ConfigError, InputError
 from videopoet.lm.pretrain import BucketSampler, Pretrainer, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -322,3 +322,62 @@ def test_embedding_mode_tokenizes_float16_embeddings_and_trains_with_the_encoder
                     Settings(frames=5, size=32, context_frames=1, guidance=2.0), quiet=True)
     res = pipe.t2v(make_clip(ShapesConfig(size=32, frames=5), 0, 1).caption, seed=0)
     assert res.frames.shape == (5, 32, 32, 3) and res.tokens["video"].shape == pipe.latent
+
+
+# ------------------------------------------------------------------- re-encode the audio of shards
+def _fields_equal(a, b, bucket, i, fields, j=None):
+    x, y = a.item(bucket, i), b.item(bucket, i if j is None else j)
+    return all(np.array_equal(x[f], y[f]) for f in fields)
+
+
+def test_reencode_audio_with_the_same_codec_gives_the_same_shards(tmp_path, debug_tokenizers, shards):
+    from videopoet.data.tokenize import reencode_audio
+
+    rep = reencode_audio(shards, tmp_path / "same", audio_model=debug_tokenizers / "audio", progress=False)
+    assert rep.written == 14 and not rep.skipped
+    a, b = ShardReader(shards), ShardReader(tmp_path / "same")
+    assert b.buckets == {"av_32x32_f5": 14}
+    for i in range(14):  # the sound is made again from the shapes seed and number: same codes
+        assert _fields_equal(a, b, "av_32x32_f5", i, ("visual", "audio", "text", "structure"))
+        assert a.item("av_32x32_f5", i)["meta"]["caption"] == b.item("av_32x32_f5", i)["meta"]["caption"]
+
+
+def test_reencode_audio_with_a_new_codec_equals_tokenizing_with_it(tmp_path, debug_tokenizers, shards):
+    from videopoet.config import from_dict, load_yaml
+    from videopoet.data.tokenize import reencode_audio
+    from videopoet.tokenizers.audio import AudioTokenizer, AudioTokenizerConfig
+
+    toks = tmp_path / "toks"
+    shutil.copytree(debug_tokenizers / "video", toks / "video")
+    torch.manual_seed(7)  # another codec: other weights
+    AudioTokenizer(from_dict(AudioTokenizerConfig, load_yaml("audio/debug")["model"])).save_pretrained(toks / "audio")
+    reencode_audio(shards, tmp_path / "new", audio_model=toks / "audio", progress=False)
+    _tok("shapes:14", tmp_path / "full", toks, part_size=5)
+    old, new, full = ShardReader(shards), ShardReader(tmp_path / "new"), ShardReader(tmp_path / "full")
+    changed = 0
+    for i in range(14):
+        assert _fields_equal(new, full, "av_32x32_f5", i, ("visual", "audio", "text", "structure"))
+        changed += not np.array_equal(old.item("av_32x32_f5", i)["audio"], new.item("av_32x32_f5", i)["audio"])
+    assert changed >= 12
+    assert json.loads((tmp_path / "new" / "vocab.json").read_text()) == json.loads((tmp_path / "full" / "vocab.json").read_text())
+
+
+def test_reencode_audio_skips_items_whose_sound_is_gone(tmp_path, debug_tokenizers):
+    from videopoet.data.tokenize import reencode_audio
+
+    src = tmp_path / "s"
+    _tok("shapes:6", src, debug_tokenizers, part_size=3)
+    part = sorted((src / "parts").iterdir())[1]
+    metas = [json.loads(x) for x in (part / "av_32x32_f5.meta.jsonl").read_text().splitlines()]
+    metas[1]["path"] = str(tmp_path / "deleted.mp4")  # a media item whose file was removed since
+    (part / "av_32x32_f5.meta.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metas))
+    rep = reencode_audio(src, tmp_path / "out", audio_model=debug_tokenizers / "audio", progress=False)
+    assert rep.written == 5 and len(rep.skipped) == 1 and "deleted.mp4" in rep.skipped[0][0]
+    a, b = ShardReader(src), ShardReader(tmp_path / "out")
+    assert b.buckets == {"av_32x32_f5": 5}
+    kept = [0, 1, 2, 3, 5]  # item 4 (part 2, row 1) dropped from every field; the rest lines up
+    for j, i in enumerate(kept):
+        assert _fields_equal(a, b, "av_32x32_f5", i, ("visual", "audio", "text", "structure"), j)
+        assert a.item("av_32x32_f5", i)["meta"]["caption"] == b.item("av_32x32_f5", j)["meta"]["caption"]
+    with pytest.raises(InputError, match="must differ"):
+        reencode_audio(src, src, audio_model=debug_tokenizers / "audio", progress=False)

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from videopoet.data.shards import PartWriter, bucket_name, finished_parts, merge_index
+from videopoet.data.shards import DTYPES, FIELDS, PartWriter, bucket_name, finished_parts, merge_index
 from videopoet.errors import InputError, VideoPoetError
 
 
@@ -249,3 +249,146 @@ def _encode_batch(items: list[dict[str, Any]], writer: PartWriter, vt, at, tt, s
                 meta["attributes"] = it["attributes"]
             writer.add(bucket_name(kind, h, w, t), fields, meta)
             rep.media_seconds += t / fps
+
+
+def _item_audio(meta: dict[str, Any], index: dict[str, Any], sample_rate: int, cache: dict) -> np.ndarray:
+    """The sound track of one shard item, made again from its source: a shapes clip is rendered from
+    its seed and number, a media file is read from its path at the item's clip start."""
+    frames, fps = int(meta.get("frames", index["frames"])), float(meta.get("fps", index["fps"]))
+    n = round(frames / fps * sample_rate)
+    path = str(meta["path"])
+    parts = path.split("/")
+    if len(parts) == 3 and parts[0] == "shapes" and parts[1].lstrip("-").isdigit() and parts[2].isdigit():
+        from videopoet.data.shapes import ShapesConfig, make_audio
+
+        key = ("shapes", int(meta.get("height", index["size"])), frames, fps)
+        if key not in cache:
+            cache[key] = ShapesConfig(size=key[1], frames=frames, fps=fps, sample_rate=sample_rate)
+        audio, _ = make_audio(cache[key], int(parts[1]), int(parts[2]))
+        return np.asarray(audio, np.float32)[0]
+    from videopoet.data.media import read_audio
+
+    start = float(meta.get("start") or 0.0)
+    a, _ = read_audio(path, sample_rate=sample_rate, mono=True, start=start, end=start + frames / fps)
+    if a.shape[-1] < sample_rate // 10:
+        raise InputError(f"{path}: the audio track at {start:.2f} s is shorter than 0.1 s")
+    return np.pad(a[0], (0, max(0, n - a.shape[-1])))[:n]
+
+
+@torch.no_grad()
+def reencode_audio(src: str | Path, out: str | Path, *, audio_model: str | Path | None = None, batch: int = 16,
+                   progress: bool = True, log=None) -> TokenizeReport:
+    """Copy the shards in `src` to `out` with every item's audio codes made again by another codec
+    (`audio_model`; default: the shipped one). The visual, structure and text codes and the metadata
+    are copied as they are, so a new audio codec costs an audio pass, not a full tokenization. Each
+    item's sound is made again from its source (shapes seed and number, or media path and clip start).
+    An item whose sound cannot be made again is dropped from every field, counted and listed.
+    Resumable part by part, like `tokenize`."""
+    from videopoet.assets import asset_dir
+    from videopoet.lm.vocab import Vocabulary
+    from videopoet.tokenizers.audio import AudioTokenizer
+    from videopoet.tokenizers.video import VideoTokenizer
+
+    log = log or (lambda m: print(m, file=sys.stderr))
+    src, out = Path(src), Path(out)
+    if src.resolve() == out.resolve():
+        raise InputError(f"--out {out}: must differ from the source shards")
+    if not (src / "index.json").is_file():
+        raise InputError(f"{src}: not a shard directory (no index.json)")
+    index = json.loads((src / "index.json").read_text())
+    at = AudioTokenizer.from_pretrained(audio_model or asset_dir("audio_tokenizer")).eval()
+    sr = at.config.sample_rate
+    vt = VideoTokenizer.from_pretrained(src / "tokenizers" / "video")
+    text_dir = src / "tokenizers" / "text"
+    tt = None
+    if (text_dir / "spm.model").is_file():
+        from videopoet.tokenizers.text import SentencePieceTextTokenizer
+
+        tt = SentencePieceTextTokenizer.from_pretrained(text_dir)
+    vocab = Vocabulary.from_tokenizers(vt, at, tt)
+    out.mkdir(parents=True, exist_ok=True)
+    vfile = out / "vocab.json"
+    if vfile.is_file():
+        Vocabulary.load(vfile).check_same(vocab, str(vfile), "the tokenizers given to this run")
+    else:
+        vocab.save(vfile)
+    for name in ("video", "text"):
+        if (src / "tokenizers" / name).is_dir() and not (out / "tokenizers" / name).is_dir():
+            shutil.copytree(src / "tokenizers" / name, out / "tokenizers" / name)
+    at.save_pretrained(out / "tokenizers" / "audio")
+    done = {p.name for p in finished_parts(out)}
+    parts = finished_parts(src)
+    rep = TokenizeReport(items=sum(sum(json.loads((p / "part.json").read_text())["items"].values()) for p in parts))
+    cache: dict = {}
+    t0 = time.time()
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=rep.items, desc="re-encode audio", dynamic_ncols=True, file=sys.stderr)
+    for part in parts:
+        counts = json.loads((part / "part.json").read_text())["items"]
+        if part.name in done:
+            rep.kept_parts += 1
+            if bar is not None:
+                bar.update(sum(counts.values()))
+            continue
+        tmp = out / "parts" / f".{part.name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        new_counts = {}
+        for bucket in counts:
+            metas = [json.loads(line) for line in (part / f"{bucket}.meta.jsonl").read_text().splitlines() if line.strip()]
+            fields = {f: (np.fromfile(part / f"{bucket}.{f}.bin", DTYPES.get(f, np.int32)),
+                          np.fromfile(part / f"{bucket}.{f}.idx", np.int64))
+                      for f in FIELDS if (part / f"{bucket}.{f}.bin").is_file()}
+            keep = list(range(len(metas)))
+            new_audio: dict[int, np.ndarray] = {}
+            if "audio" in fields:
+                keep = []
+                for j in range(0, len(metas), batch):
+                    wave = {}
+                    for i in range(j, min(j + batch, len(metas))):
+                        try:
+                            wave[i] = _item_audio(metas[i], index, sr, cache)
+                        except VideoPoetError as e:
+                            rep.skipped.append((str(metas[i].get("path")), str(e).splitlines()[0]))
+                    if wave:
+                        ks = sorted(wave)
+                        codes = at.encode(torch.stack([torch.from_numpy(wave[k]).clamp(-1, 1)[None] for k in ks]))
+                        for n, k in enumerate(ks):
+                            new_audio[k] = codes[n].numpy()
+                            keep.append(k)
+                    if bar is not None:
+                        bar.update(min(j + batch, len(metas)) - j)
+            elif bar is not None:
+                bar.update(len(metas))
+            for f, (values, offsets) in fields.items():
+                rows = ([new_audio[k].reshape(-1) for k in keep] if f == "audio"
+                        else [values[offsets[k] : offsets[k + 1]] for k in keep])
+                offs = np.zeros(len(rows) + 1, np.int64)
+                offs[1:] = np.cumsum([len(r) for r in rows])
+                dtype = DTYPES.get(f, np.int32)
+                (np.concatenate(rows) if rows else np.zeros(0, dtype)).astype(dtype).tofile(tmp / f"{bucket}.{f}.bin")
+                offs.tofile(tmp / f"{bucket}.{f}.idx")
+            with open(tmp / f"{bucket}.meta.jsonl", "w") as fh:
+                for k in keep:
+                    m = dict(metas[k])
+                    if k in new_audio:
+                        m["shapes"] = {**m.get("shapes", {}), "audio": list(new_audio[k].shape)}
+                    fh.write(json.dumps(m) + "\n")
+            new_counts[bucket] = len(keep)
+            rep.written += len(keep)
+        with open(tmp / "part.json", "w") as fh:
+            json.dump({"items": new_counts}, fh)
+        final = out / "parts" / part.name
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    if bar is not None:
+        bar.close()
+    rep.seconds = time.time() - t0
+    extra = {k: v for k, v in index.items() if k not in ("version", "buckets")}
+    merged = merge_index(out, {**extra, "sample_rate": sr, "audio_reencoded_from": str(src)})
+    rep.buckets = {b: e["items"] for b, e in merged["buckets"].items()}
+    return rep

@@ -1,4 +1,4 @@
-"""`videopoet lm ...` and `videopoet tokenize` commands."""
+"""`videopoet lm ...`, `videopoet tokenize` and `videopoet audio reencode` commands."""
 
 from __future__ import annotations
 
@@ -37,6 +37,31 @@ def tokenize_cmd(*, data: str, out: Path, video_model: Path | None = None, audio
     rep = tokenize(data, out, video_model=video_model, audio_model=audio_model, text_model=text_model,
                    frames=frames, size=size, fps=fps, batch=batch, part_size=part_size, structure=structure,
                    progress=progress)
+    print(rep.summary())
+    print(f"shards: {out}")
+
+
+@command("audio reencode")
+def audio_reencode_cmd(*, shards: Path, out: Path, model: Path | None = None, batch: int = 16,
+                       progress: bool = True) -> None:
+    """Copy LM token shards with their audio codes made again by another audio codec.
+
+    The visual, structure and text codes and the metadata are copied; every item's sound is made
+    again from its source (a shapes clip from its seed and number, a media file from its path and
+    clip start) and encoded by MODEL. For a new audio codec this costs an audio pass instead
+    of a full tokenization. Items whose sound cannot be made again are skipped, counted and listed.
+    Rerun the same command after an interruption: finished parts are kept.
+
+    Args:
+        shards: the shard directory to copy (from `videopoet tokenize`)
+        out: the new shard directory
+        model: audio codec directory (default: the shipped one)
+        batch: clips encoded per codec call
+        progress: show a progress bar
+    """
+    from videopoet.data.tokenize import reencode_audio
+
+    rep = reencode_audio(shards, out, audio_model=model, batch=batch, progress=progress)
     print(rep.summary())
     print(f"shards: {out}")
 

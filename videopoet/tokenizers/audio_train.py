@@ -66,6 +66,7 @@ class AudioDataConfig:
     segment_seconds: float = 1.0
     shapes_clips: int = 64
     shapes_seed: int = 0
+    shapes_max_objects: int = 2  # most sounding objects per shapes clip (1..4); 4 = the multi-object eval's 2-4
     synthetic_clips: int = 32
     holdout_fraction: float = 0.25  # tail of each real recording kept out of training
     holdout_min_seconds: float = 2.0  # recordings shorter than this are used whole for training
@@ -78,6 +79,8 @@ class AudioDataConfig:
                 raise ConfigError(f"data.sources: unknown source {s!r} (shapes, real, synthetic, corpus)")
         if not self.sources and not self.files:
             raise ConfigError("data: no sources and no files: nothing to train on")
+        if not 1 <= self.shapes_max_objects <= 4:
+            raise ConfigError(f"data.shapes_max_objects: must be 1 to 4, got {self.shapes_max_objects!r}")
         if self.segment_seconds <= 0:
             raise ConfigError(f"data.segment_seconds: expected > 0, got {self.segment_seconds}")
         if not 0.0 <= self.holdout_fraction < 1.0:
@@ -223,11 +226,12 @@ def synthetic_waveforms(num: int, seconds: float, sample_rate: int, seed: int) -
     return out
 
 
-def shapes_waveforms(num: int, seed: int, sample_rate: int) -> list[tuple[torch.Tensor, str]]:
-    """The shapes benchmark's sound tracks: (audio (1, S), caption) of clips 0..num-1 of `seed`."""
+def shapes_waveforms(num: int, seed: int, sample_rate: int, max_objects: int = 2) -> list[tuple[torch.Tensor, str]]:
+    """The shapes benchmark's sound tracks: (audio (1, S), caption) of clips 0..num-1 of `seed`,
+    with 1..max_objects sounding objects each."""
     from videopoet.data.shapes import ShapesConfig, make_audio
 
-    cfg = ShapesConfig(size=32, sample_rate=sample_rate)
+    cfg = ShapesConfig(size=32, sample_rate=sample_rate, max_objects=max_objects)
     out = []
     for i in range(num):
         audio, caption = make_audio(cfg, seed, i)
@@ -259,10 +263,10 @@ def build_corpus(cfg: AudioDataConfig, sample_rate: int, log=print) -> AudioCorp
             held.append(x)
             held_names.append(f"synthetic-heldout/{i}")
     if "shapes" in cfg.sources:
-        for i, (x, _) in enumerate(shapes_waveforms(cfg.shapes_clips, cfg.shapes_seed, sample_rate)):
+        for i, (x, _) in enumerate(shapes_waveforms(cfg.shapes_clips, cfg.shapes_seed, sample_rate, cfg.shapes_max_objects)):
             train.append(x)
             names.append(f"shapes/{cfg.shapes_seed}/{i}")
-        for i, (x, _) in enumerate(shapes_waveforms(8, cfg.shapes_seed + 1, sample_rate)):
+        for i, (x, _) in enumerate(shapes_waveforms(8, cfg.shapes_seed + 1, sample_rate, cfg.shapes_max_objects)):
             held.append(x)
             held_names.append(f"shapes/{cfg.shapes_seed + 1}/{i}")
     files = [(f, Path(f)) for f in cfg.files]
