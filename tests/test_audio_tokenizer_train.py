@@ -88,6 +88,22 @@ def test_checkpoints_are_pruned_and_loadable(tmp_path):
     assert state["step"] == 5 and state["recipe"]["model"]["codebook_size"] == 16
 
 
+def test_late_learning_rates_replace_the_base_ones_from_their_step(tmp_path):
+    from videopoet.errors import ConfigError
+
+    r = debug_recipe("train.max_steps=4", "train.ckpt_every=2", "train.keep_checkpoints=2", "train.warmup_steps=1",
+                     "train.adv_start_step=0", "train.lr=0.001", "train.disc_lr=0.002", "train.lr_late_step=3",
+                     "train.lr_late=0.0002", "train.disc_lr_late=0.0004", "data.synthetic_clips=2")
+    train_audio_tokenizer(r, tmp_path / "run", log=quiet)
+    lrs = {}
+    for step in (2, 4):  # the state after steps 0-1 (base rates), and after steps 2-3 (step 3: late)
+        st = json.loads((tmp_path / "run" / "checkpoints" / f"step_{step:07d}" / "trainer_state.json").read_text())
+        lrs[step] = (st["optimizer_g_groups"][0]["lr"], st["optimizer_d_groups"][0]["lr"])
+    assert lrs[2] == pytest.approx((0.001, 0.002)) and lrs[4] == pytest.approx((0.0002, 0.0004))
+    with pytest.raises(ConfigError, match="lr_late"):
+        debug_recipe("train.lr_late=0")
+
+
 def test_resume_refuses_a_different_model(tmp_path):
     from videopoet.errors import ConfigError
 

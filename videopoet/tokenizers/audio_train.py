@@ -95,6 +95,11 @@ class AudioTrainConfig:
     lr: float = 3e-4
     disc_lr: float = 3e-4
     warmup_steps: int = 100  # linear learning-rate warm-up of both optimizers
+    # a lower learning rate for the last part of a run: from step lr_late_step on (0 = never),
+    # lr_late and disc_lr_late replace lr and disc_lr (the GAN phase's checkpoints steady)
+    lr_late_step: int = 0
+    lr_late: float = 1e-4
+    disc_lr_late: float = 1e-4
     betas: tuple[float, float] = (0.5, 0.9)
     grad_clip: float = 1.0
     w_time: float = 0.1
@@ -133,6 +138,8 @@ class AudioTrainConfig:
             raise ConfigError("train.trainable=decoder needs train.init_from (a trained encoder and codebooks to keep)")
         if self.max_steps < 1:
             raise ConfigError(f"train.max_steps: expected >= 1, got {self.max_steps}")
+        if self.lr_late_step < 0 or self.lr_late <= 0 or self.disc_lr_late <= 0:
+            raise ConfigError("train.lr_late_step >= 0 (0 = never), train.lr_late and train.disc_lr_late > 0")
         if self.batch_size < 1:
             raise ConfigError(f"train.batch_size: expected >= 1, got {self.batch_size}")
         if not 0.0 < self.ema_decay < 1.0:
@@ -551,7 +558,8 @@ def train_audio_tokenizer(recipe: AudioRecipe, out_dir: str | Path, *, resume: b
     while step < tc.max_steps:
         g = torch.Generator().manual_seed(tc.seed * 7919 + step)
         warm = min(1.0, (step + 1) / max(tc.warmup_steps, 1))
-        for opt, base in ((opt_g, tc.lr), (opt_d, tc.disc_lr)):
+        late = 0 < tc.lr_late_step <= step
+        for opt, base in ((opt_g, tc.lr_late if late else tc.lr), (opt_d, tc.disc_lr_late if late else tc.disc_lr)):
             for group in opt.param_groups:
                 group["lr"] = base * warm
         x = sample_batch(corpus, step * world + fabric.global_rank, tc.batch_size, segment, tc.seed).to(fabric.device)
