@@ -335,6 +335,7 @@ def test_reencode_audio_with_the_same_codec_gives_the_same_shards(tmp_path, debu
 
     rep = reencode_audio(shards, tmp_path / "same", audio_model=debug_tokenizers / "audio", progress=False)
     assert rep.written == 14 and not rep.skipped
+    assert rep.summary().startswith("re-encoded the audio of 14 items")
     a, b = ShardReader(shards), ShardReader(tmp_path / "same")
     assert b.buckets == {"av_32x32_f5": 14}
     for i in range(14):  # the sound is made again from the shapes seed and number: same codes

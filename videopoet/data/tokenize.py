@@ -54,9 +54,10 @@ class TokenizeReport:
     buckets: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     media_seconds: float = 0.0  # seconds of video tokenized in this run
+    verb: str = "tokenized"
 
     def summary(self) -> str:
-        lines = [f"tokenized {self.written} items in {self.seconds:.1f} s ({self.kept_parts} parts kept from an earlier run); "
+        lines = [f"{self.verb} {self.written} items in {self.seconds:.1f} s ({self.kept_parts} parts kept from an earlier run); "
                  f"{len(self.skipped)} bad item(s) skipped"]
         lines += [f"  bucket {b}: {n} items" for b, n in sorted(self.buckets.items())]
         lines += [f"  skipped {p}: {why}" for p, why in self.skipped]
@@ -318,7 +319,8 @@ def reencode_audio(src: str | Path, out: str | Path, *, audio_model: str | Path 
     at.save_pretrained(out / "tokenizers" / "audio")
     done = {p.name for p in finished_parts(out)}
     parts = finished_parts(src)
-    rep = TokenizeReport(items=sum(sum(json.loads((p / "part.json").read_text())["items"].values()) for p in parts))
+    rep = TokenizeReport(items=sum(sum(json.loads((p / "part.json").read_text())["items"].values()) for p in parts),
+                         verb="re-encoded the audio of")
     cache: dict = {}
     t0 = time.time()
     bar = None
