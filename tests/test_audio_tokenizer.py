@@ -37,7 +37,7 @@ def audio(batch=2, seconds=0.5, sr=8000, seed=0):
 
 # ------------------------------------------------------------------------------------------ config
 def test_presets_parse_and_videopoet_layout():
-    for name in ("audio/debug", "audio/cpu", "audio/cpu_spectral", "audio/videopoet"):
+    for name in ("audio/debug", "audio/cpu", "audio/cpu_seanet", "audio/videopoet"):
         r = load_recipe(name)
         assert isinstance(r, AudioRecipe)
     vp = load_recipe("audio/videopoet").model
@@ -47,6 +47,12 @@ def test_presets_parse_and_videopoet_layout():
     assert vp.bits_per_second == 2000.0
     cpu = load_recipe("audio/cpu").model
     assert cpu.hop_length == 320 and cpu.num_levels == 4  # same token layout as VideoPoet
+    # the shipped codec is the audio/cpu recipe's model
+    from videopoet.assets import asset_dir
+    from videopoet.config import to_dict
+
+    shipped = AudioTokenizer.from_pretrained(asset_dir("audio_tokenizer")).config
+    assert to_dict(shipped) == to_dict(cpu) and (cpu.frontend, cpu.decoder) == ("stft", "istft")
 
 
 def test_videopoet_preset_maps_onto_encodec():
