@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -99,19 +100,27 @@ class _Source:
         out = {"frames": tensor_to_video(item["video"]), "caption": item["caption"], "path": item["path"],
                "start": float(e.start or 0.0)}
         if not e.is_image:
-            from videopoet.data.media import read_audio
             from videopoet.errors import MediaError
 
             try:
-                start = float(e.start or 0.0)
-                a, _ = read_audio(e.path, sample_rate=self.sample_rate, mono=True, start=start,
-                                  end=start + self.frames / self.fps)
-                if a.shape[-1] >= self.sample_rate // 10:
-                    n = round(self.frames / self.fps * self.sample_rate)
-                    out["audio"] = np.pad(a[0], (0, max(0, n - a.shape[-1])))[:n]
+                a = _clip_audio(e.path, float(e.start or 0.0), self.frames, self.fps, self.sample_rate)
+                if a is not None:
+                    out["audio"] = a
             except MediaError:
                 pass  # no audio track: a video-only item
         return out
+
+
+def _clip_audio(path: str | Path, start: float, frames: int, fps: float, sample_rate: int) -> np.ndarray | None:
+    """(S,) mono sound of a clip of `frames` at `fps` from `start` s, zero-padded to the clip's length;
+    None when the file has less than 0.1 s of it there. Raises MediaError for no audio track."""
+    from videopoet.data.media import read_audio
+
+    a, _ = read_audio(path, sample_rate=sample_rate, mono=True, start=start, end=start + frames / fps)
+    if a.shape[-1] < sample_rate // 10:
+        return None
+    n = round(frames / fps * sample_rate)
+    return np.pad(a[0], (0, max(0, n - a.shape[-1])))[:n]
 
 
 def tokenize(data: str, out: str | Path, *, video_model: str | Path | None = None, audio_model: str | Path | None = None,
@@ -252,33 +261,27 @@ def _encode_batch(items: list[dict[str, Any]], writer: PartWriter, vt, at, tt, s
             rep.media_seconds += t / fps
 
 
-def _item_audio(meta: dict[str, Any], index: dict[str, Any], sample_rate: int, cache: dict) -> np.ndarray:
+def _item_audio(meta: dict[str, Any], index: dict[str, Any], sample_rate: int) -> np.ndarray:
     """The sound track of one shard item, made again from its source: a shapes clip is rendered from
     its seed and number, a media file is read from its path at the item's clip start."""
     frames, fps = int(meta.get("frames", index["frames"])), float(meta.get("fps", index["fps"]))
-    n = round(frames / fps * sample_rate)
     path = str(meta["path"])
     parts = path.split("/")
     if len(parts) == 3 and parts[0] == "shapes" and parts[1].lstrip("-").isdigit() and parts[2].isdigit():
         from videopoet.data.shapes import ShapesConfig, make_audio
 
-        key = ("shapes", int(meta.get("height", index["size"])), frames, fps)
-        if key not in cache:
-            cache[key] = ShapesConfig(size=key[1], frames=frames, fps=fps, sample_rate=sample_rate)
-        audio, _ = make_audio(cache[key], int(parts[1]), int(parts[2]))
-        return np.asarray(audio, np.float32)[0]
-    from videopoet.data.media import read_audio
-
+        cfg = ShapesConfig(size=int(meta.get("height", index["size"])), frames=frames, fps=fps, sample_rate=sample_rate)
+        return np.asarray(make_audio(cfg, int(parts[1]), int(parts[2]))[0], np.float32)[0]
     start = float(meta.get("start") or 0.0)
-    a, _ = read_audio(path, sample_rate=sample_rate, mono=True, start=start, end=start + frames / fps)
-    if a.shape[-1] < sample_rate // 10:
+    a = _clip_audio(path, start, frames, fps, sample_rate)
+    if a is None:
         raise InputError(f"{path}: the audio track at {start:.2f} s is shorter than 0.1 s")
-    return np.pad(a[0], (0, max(0, n - a.shape[-1])))[:n]
+    return a
 
 
 @torch.no_grad()
 def reencode_audio(src: str | Path, out: str | Path, *, audio_model: str | Path | None = None, batch: int = 16,
-                   progress: bool = True, log=None) -> TokenizeReport:
+                   progress: bool = True) -> TokenizeReport:
     """Copy the shards in `src` to `out` with every item's audio codes made again by another codec
     (`audio_model`; default: the shipped one). The visual, structure and text codes and the metadata
     are copied as they are, so a new audio codec costs an audio pass, not a full tokenization. Each
@@ -290,7 +293,6 @@ def reencode_audio(src: str | Path, out: str | Path, *, audio_model: str | Path 
     from videopoet.tokenizers.audio import AudioTokenizer
     from videopoet.tokenizers.video import VideoTokenizer
 
-    log = log or (lambda m: print(m, file=sys.stderr))
     src, out = Path(src), Path(out)
     if src.resolve() == out.resolve():
         raise InputError(f"--out {out}: must differ from the source shards")
@@ -321,7 +323,6 @@ def reencode_audio(src: str | Path, out: str | Path, *, audio_model: str | Path 
     parts = finished_parts(src)
     rep = TokenizeReport(items=sum(sum(json.loads((p / "part.json").read_text())["items"].values()) for p in parts),
                          verb="re-encoded the audio of")
-    cache: dict = {}
     t0 = time.time()
     bar = None
     if progress:
@@ -335,58 +336,36 @@ def reencode_audio(src: str | Path, out: str | Path, *, audio_model: str | Path 
             if bar is not None:
                 bar.update(sum(counts.values()))
             continue
-        tmp = out / "parts" / f".{part.name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        new_counts = {}
+        rank, number = (int(x) for x in re.fullmatch(r"r(\d+)_p(\d+)", part.name).groups())
+        writer = PartWriter(out, rank, number)
         for bucket in counts:
             metas = [json.loads(line) for line in (part / f"{bucket}.meta.jsonl").read_text().splitlines() if line.strip()]
             fields = {f: (np.fromfile(part / f"{bucket}.{f}.bin", DTYPES.get(f, np.int32)),
                           np.fromfile(part / f"{bucket}.{f}.idx", np.int64))
                       for f in FIELDS if (part / f"{bucket}.{f}.bin").is_file()}
-            keep = list(range(len(metas)))
             new_audio: dict[int, np.ndarray] = {}
-            if "audio" in fields:
-                keep = []
-                for j in range(0, len(metas), batch):
-                    wave = {}
-                    for i in range(j, min(j + batch, len(metas))):
-                        try:
-                            wave[i] = _item_audio(metas[i], index, sr, cache)
-                        except VideoPoetError as e:
-                            rep.skipped.append((str(metas[i].get("path")), str(e).splitlines()[0]))
-                    if wave:
-                        ks = sorted(wave)
-                        codes = at.encode(torch.stack([torch.from_numpy(wave[k]).clamp(-1, 1)[None] for k in ks]))
-                        for n, k in enumerate(ks):
-                            new_audio[k] = codes[n].numpy()
-                            keep.append(k)
-                    if bar is not None:
-                        bar.update(min(j + batch, len(metas)) - j)
-            elif bar is not None:
+            for j in range(0, len(metas), batch) if "audio" in fields else ():
+                wave = {}
+                for i in range(j, min(j + batch, len(metas))):
+                    try:
+                        wave[i] = _item_audio(metas[i], index, sr)
+                    except VideoPoetError as e:
+                        rep.skipped.append((str(metas[i].get("path")), str(e).splitlines()[0]))
+                if wave:
+                    codes = at.encode(torch.stack([torch.from_numpy(w).clamp(-1, 1)[None] for w in wave.values()]))
+                    new_audio.update(zip(wave, codes.numpy(), strict=True))
+            for k, meta in enumerate(metas):
+                if "audio" in fields and k not in new_audio:
+                    continue  # its sound could not be made again: dropped from every field
+                shapes = meta.pop("shapes")
+                row = {f: values[offsets[k] : offsets[k + 1]].reshape(shapes[f]) for f, (values, offsets) in fields.items()}
+                if k in new_audio:
+                    row["audio"] = new_audio[k]
+                writer.add(bucket, row, meta)
+            if bar is not None:
                 bar.update(len(metas))
-            for f, (values, offsets) in fields.items():
-                rows = ([new_audio[k].reshape(-1) for k in keep] if f == "audio"
-                        else [values[offsets[k] : offsets[k + 1]] for k in keep])
-                offs = np.zeros(len(rows) + 1, np.int64)
-                offs[1:] = np.cumsum([len(r) for r in rows])
-                dtype = DTYPES.get(f, np.int32)
-                (np.concatenate(rows) if rows else np.zeros(0, dtype)).astype(dtype).tofile(tmp / f"{bucket}.{f}.bin")
-                offs.tofile(tmp / f"{bucket}.{f}.idx")
-            with open(tmp / f"{bucket}.meta.jsonl", "w") as fh:
-                for k in keep:
-                    m = dict(metas[k])
-                    if k in new_audio:
-                        m["shapes"] = {**m.get("shapes", {}), "audio": list(new_audio[k].shape)}
-                    fh.write(json.dumps(m) + "\n")
-            new_counts[bucket] = len(keep)
-            rep.written += len(keep)
-        with open(tmp / "part.json", "w") as fh:
-            json.dump({"items": new_counts}, fh)
-        final = out / "parts" / part.name
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        writer.close()
+        rep.written += len(writer)
     if bar is not None:
         bar.close()
     rep.seconds = time.time() - t0
