@@ -11,6 +11,7 @@ import torch
 
 from videopoet.tokenizers.audio import AudioTokenizer
 from videopoet.tokenizers.audio_losses import (
+    HighBandEnvelopeLoss,
     MultiResolutionSTFTLoss,
     MultiScaleMelLoss,
     MultiScaleSTFTDiscriminator,
@@ -58,9 +59,10 @@ def test_short_training_run_losses_fall(tmp_path):
 
 
 def test_gan_and_exact_resume(tmp_path):
-    """Two runs to step 6 (GAN from step 2), one interrupted at step 3, end bit-identical."""
+    """Two runs to step 6 (GAN from step 2, the transient loss on), one interrupted at step 3, end bit-identical."""
     torch.set_num_threads(1)
-    common = ["train.adv_start_step=2", "train.ckpt_every=3", "train.log_every=1", "data.synthetic_clips=3"]
+    common = ["train.adv_start_step=2", "train.ckpt_every=3", "train.log_every=1", "data.synthetic_clips=3",
+              "train.w_transient=5.0"]
     a = train_audio_tokenizer(debug_recipe("train.max_steps=6", *common), tmp_path / "a", log=quiet)
     train_audio_tokenizer(debug_recipe("train.max_steps=3", *common), tmp_path / "b", log=quiet)
     b = train_audio_tokenizer(debug_recipe("train.max_steps=6", *common), tmp_path / "b", log=quiet)
@@ -72,6 +74,8 @@ def test_gan_and_exact_resume(tmp_path):
     da = load_file(str(latest_checkpoint(tmp_path / "a") / "discriminator.safetensors"))
     db = load_file(str(latest_checkpoint(tmp_path / "b") / "discriminator.safetensors"))
     assert all(torch.equal(da[k], db[k]) for k in da)
+    recs = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["transient"] > 0 for r in recs) and "transient" in recs[0]
     recs = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     assert "disc" in recs[-1] and "feat" in recs[-1] and "disc" not in recs[0]
 
@@ -234,6 +238,28 @@ def test_losses_are_zero_for_identical_audio_and_grow_with_error():
     assert float(st(x, x)) == pytest.approx(0.0, abs=1e-6)
     small, big = x + 0.01 * torch.randn_like(x), x + 0.1 * torch.randn_like(x)
     assert float(mel(small, x)) < float(mel(big, x)) and float(st(small, x)) < float(st(big, x))
+
+
+def test_high_band_envelope_loss_charges_a_missing_click_and_ignores_the_tones():
+    sr = 16000
+    t = torch.arange(4000) / sr
+    tone = 0.2 * torch.sin(2 * math.pi * 440 * t)
+    click = torch.zeros(4000)
+    tc = torch.arange(192) / sr
+    click[1000:1192] = 0.35 * torch.exp(-tc / 0.003) * torch.sin(2 * math.pi * 3200 * tc)
+    x = (tone + click)[None, None]
+    loss = HighBandEnvelopeLoss(sr, cutoff_hz=2600.0)
+    assert float(loss(x, x)) == 0.0
+    # the tone alone (the click dropped) costs; the click at a third of its level costs less
+    no_click, quiet_click = tone[None, None], (tone + click / 3)[None, None]
+    assert float(loss(no_click, x)) > float(loss(quiet_click, x)) > 0.01 * float(loss(no_click, x))
+    # a 440 Hz tone's level is below the cutoff: changing it barely moves the loss
+    assert float(loss((0.5 * tone + click)[None, None], x)) < 0.05 * float(loss(no_click, x))
+    # a click 10 ms late is as wrong as a missing one or more (8 ms windows, 2 ms hop)
+    late = torch.roll(click, 160)
+    assert float(loss((tone + late)[None, None], x)) > 0.9 * float(loss(no_click, x))
+    with pytest.raises(ValueError, match="cutoff_hz"):
+        HighBandEnvelopeLoss(sr, cutoff_hz=9000.0)
 
 
 def test_discriminator_and_gan_losses():

@@ -71,6 +71,30 @@ class MultiResolutionSTFTLoss(nn.Module):
         return loss / len(self.fft_sizes)
 
 
+class HighBandEnvelopeLoss(nn.Module):
+    """L1 between the short-window magnitudes of the band above `cutoff_hz` (linear, not log).
+
+    Aimed at transients: a 3 ms click at 3.2 kHz is a small part of a long-window spectrogram and of
+    the log terms (whose floors make a quiet click cost little), so a codec trained on the
+    reconstruction losses above brings clicks back at a fraction of their level once several tones
+    share the bitrate (measured: 0.04-0.20 of the high-passed amplitude on 2-4 object clips). Here an
+    8 ms window with a 2 ms hop sees each click as its own frames, and the linear magnitude charges a
+    missing click in proportion to its loudness (a 0.35-amplitude click peaks near 11 here).
+    """
+
+    def __init__(self, sample_rate: int, cutoff_hz: float = 2600.0, n_fft: int = 128, hop: int = 32):
+        super().__init__()
+        if not 0 < cutoff_hz < sample_rate / 2:
+            raise ValueError(f"cutoff_hz: must lie inside (0, {sample_rate / 2}), got {cutoff_hz}")
+        self.n_fft, self.hop = n_fft, hop
+        self.first_bin = int(math.ceil(cutoff_hz * n_fft / sample_rate))
+
+    def forward(self, x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        a = magnitude(stft(x_hat, self.n_fft, self.hop))[:, self.first_bin :]
+        b = magnitude(stft(x, self.n_fft, self.hop))[:, self.first_bin :]
+        return F.l1_loss(a, b)
+
+
 def hinge_discriminator_loss(real_logits: list[torch.Tensor], fake_logits: list[torch.Tensor]) -> torch.Tensor:
     loss = real_logits[0].new_zeros(())
     for r, f in zip(real_logits, fake_logits, strict=False):

@@ -5,7 +5,8 @@ Design choices
   itself stays plain: a GAN with two optimizers and buffer-updating codebooks reads better as code
   than as callbacks, and exact resume is easy to guarantee.
 - Generator loss = w_time * L1 + w_mel * multi-scale mel + w_stft * multi-resolution STFT
-  + w_commit * commitment + (after `adv_start_step`) w_adv * hinge + w_feat * feature matching
+  + w_commit * commitment + w_transient * high-band envelope (off by default)
+  + (after `adv_start_step`) w_adv * hinge + w_feat * feature matching
   against the multi-scale STFT discriminator (EnCodec's weights: 0.1, 1, -, 1, 3, 3).
 - Codebooks: k-means initialisation from the first quantized batch (level by level, on the
   residuals), EMA updates (decay 0.99, Laplace smoothing), and dead-code reset: before each batch is
@@ -44,6 +45,7 @@ from videopoet.errors import ConfigError, InputError
 from videopoet.tokenizers.audio import AudioTokenizer, AudioTokenizerConfig
 from videopoet.tokenizers.audio_losses import (
     MultiResolutionSTFTLoss,
+    HighBandEnvelopeLoss,
     MultiScaleMelLoss,
     MultiScaleSTFTDiscriminator,
     feature_matching_loss,
@@ -105,6 +107,10 @@ class AudioTrainConfig:
     w_time: float = 0.1
     w_mel: float = 1.0
     w_stft: float = 1.0
+    # short-window linear magnitudes above transient_cutoff_hz (audio_losses.HighBandEnvelopeLoss):
+    # clicks come back quiet on multi-object clips without it; 0 = off
+    w_transient: float = 0.0
+    transient_cutoff_hz: float = 2600.0
     w_commit: float = 1.0
     mel_log_floor: float = 1e-5  # floor of the mel magnitudes inside the log-mel loss
     stft_log_floor: float = 0.0  # added to the STFT magnitudes inside the log (audio_losses.MultiResolutionSTFTLoss)
@@ -545,6 +551,7 @@ def train_audio_tokenizer(recipe: AudioRecipe, out_dir: str | Path, *, resume: b
                                  log_floor=tc.mel_log_floor).to(fabric.device)
     stft_loss = MultiResolutionSTFTLoss(tuple(n for n in tc.stft_sizes if n <= segment),
                                         log_floor=tc.stft_log_floor).to(fabric.device)
+    transient_loss = HighBandEnvelopeLoss(mc.sample_rate, tc.transient_cutoff_hz) if tc.w_transient > 0 else None
     world = fabric.world_size
 
     def all_reduce(t: torch.Tensor) -> torch.Tensor:
@@ -585,6 +592,9 @@ def train_audio_tokenizer(recipe: AudioRecipe, out_dir: str | Path, *, resume: b
         }
         total = tc.w_time * losses["time"] + tc.w_mel * losses["mel"] + tc.w_stft * losses["stft"] \
             + tc.w_commit * losses["commit"]
+        if transient_loss is not None:
+            losses["transient"] = transient_loss(x_hat, x)
+            total = total + tc.w_transient * losses["transient"]
         adversarial = step >= tc.adv_start_step and (tc.w_adv > 0 or tc.w_feat > 0)
         if adversarial:
             fake_logits, fake_feats = disc_w(x_hat)
