@@ -382,3 +382,50 @@ def test_reencode_audio_skips_items_whose_sound_is_gone(tmp_path, debug_tokenize
         assert a.item("av_32x32_f5", i)["meta"]["caption"] == b.item("av_32x32_f5", j)["meta"]["caption"]
     with pytest.raises(InputError, match="must differ"):
         reencode_audio(src, src, audio_model=debug_tokenizers / "audio", progress=False)
+
+
+def test_changed_code_weight_marks_the_codes_that_change_between_latent_frames(tmp_path, shards):
+    from videopoet.lm.pretrain import PretrainDataConfig, build_example, changed_code_mask, collate_examples
+    from videopoet.lm.train import masked_lm_loss
+    from videopoet.lm.vocab import Vocabulary
+
+    vocab = Vocabulary(visual_bits=6, audio_levels=2, audio_codes=16, text_size=40)
+    v = np.zeros((3, 4, 4), np.int32)  # a still background of code 0 and one object moving right
+    v[0, 1, 0] = v[1, 1, 1] = v[2, 1, 2] = 9
+    item = {"visual": v, "text": np.array([3, 4], np.int32), "meta": {"frames": 9}}
+    seq = build_example(vocab, "t2v", item, np.random.default_rng(0), PretrainDataConfig())
+    seg = next(s for s in seq.outputs if s.modality == "visual")
+    mask = changed_code_mask(seq)[seg.start : seg.start + seg.length].view(3, 4, 4)
+    expect = torch.zeros(3, 4, 4, dtype=torch.bool)
+    expect[0, 1, :2] = True  # frame 0 against frame 1: where the object is and where it goes
+    expect[1, 1, :2] = True  # frame 1 against frame 0
+    expect[2, 1, 1:3] = True
+    assert torch.equal(mask, expect)
+    assert int(changed_code_mask(seq).sum()) == 6  # nothing outside the output video
+    # i2v: the first frame in the prefix is never weighted
+    seq2 = build_example(vocab, "i2v", item, np.random.default_rng(0), PretrainDataConfig())
+    assert not changed_code_mask(seq2)[: seq2.prefix_len].any() and int(changed_code_mask(seq2).sum()) == 6
+
+    b1, b4 = collate_examples([seq, seq2], vocab.pad_id), collate_examples([seq, seq2], vocab.pad_id, 4.0)
+    assert b1.loss_mask.dtype == torch.bool and b4.loss_mask.dtype == torch.float32
+    assert torch.equal(b4.loss_mask > 0, b1.loss_mask)
+    assert sorted(torch.unique(b4.loss_mask).tolist()) == [0.0, 1.0, 4.0] and int((b4.loss_mask == 4).sum()) == 12
+    # the loss is the weighted mean of the per-position NLL
+    from videopoet.lm.model import LMConfig, PrefixLM
+
+    torch.manual_seed(0)
+    model = PrefixLM(LMConfig(vocab_size=vocab.size, d_model=32, n_layers=1, n_heads=2, max_seq_len=256))
+    with torch.no_grad():
+        h = model(b4.ids, prefix_len=b4.prefix_len, key_valid=b4.key_valid)
+        nll = model.token_nll(h[:, :-1].flatten(0, 1), b4.ids[:, 1:].flatten(), dense=True).view(2, -1)
+        w = b4.loss_mask[:, 1:]
+        torch.testing.assert_close(masked_lm_loss(model, h, b4.ids, b4.loss_mask), (nll * w).sum() / w.sum())
+        assert not torch.allclose(masked_lm_loss(model, h, b4.ids, b4.loss_mask), masked_lm_loss(model, h, b1.ids, b1.loss_mask))
+    # a run with the weight trains; held-out NLL stays unweighted (equal to a run's evaluate without it)
+    tr = Pretrainer(cfg(shards, tmp_path / "w", "train.max_steps=2", "data.changed_code_weight=3.0"))
+    plain = Pretrainer(cfg(shards, tmp_path / "p", "train.max_steps=2"))
+    assert tr.evaluate() == plain.evaluate()
+    tr.fit()
+    assert json.loads((tmp_path / "w" / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 2
+    with pytest.raises(ConfigError, match="changed_code_weight"):
+        cfg(shards, tmp_path / "x", "data.changed_code_weight=0")
