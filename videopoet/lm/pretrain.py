@@ -67,12 +67,6 @@ class PretrainDataConfig:
     # to lean on the clean anchor frame (given to half of the steps) -- long-video drift control
     frame_pred_noise: float = 0.0
     length_group: int = 8  # text tasks: items are grouped by caption length in groups of this many batches
-    # Loss weight of the output video codes that change: a code that differs from the code at the
-    # same place in the previous latent frame (the first frame: in the next one). On clips with a
-    # still background these are the moving objects' codes, a few percent of a clip, which carry
-    # what a caption says (colour, shape, direction) while the background dominates a plain NLL.
-    # The loss stays a weighted mean (the scale does not change); held-out NLL is never weighted.
-    changed_code_weight: float = 1.0
 
     def __post_init__(self):
         unknown = sorted(set(self.tasks) - set(TASKS))
@@ -84,8 +78,6 @@ class PretrainDataConfig:
             raise ConfigError(f"data.schedule: constant or paper, got {self.schedule!r}")
         if not 0 <= self.text_dropout <= 1 or self.tokens_per_step < 1 or self.heldout_items < 0:
             raise ConfigError("data: text_dropout in [0, 1], tokens_per_step >= 1, heldout_items >= 0")
-        if not self.changed_code_weight > 0:
-            raise ConfigError(f"data.changed_code_weight: must be > 0, got {self.changed_code_weight!r}")
 
 
 @dataclass
@@ -330,33 +322,8 @@ class TrainBatch:
     text_positions: torch.Tensor | None = None  # (B, N), -1 = none
 
 
-def changed_code_mask(seq: Sequence) -> torch.Tensor:
-    """(T,) bool: the output video codes that differ from the code at the same place in the
-    neighbouring latent frame (the previous one; for an output's first frame, the next one)."""
-    out = torch.zeros(len(seq), dtype=torch.bool)
-    for seg in seq.outputs:
-        if seg.modality != "visual" or len(seg.shape) != 3 or seg.shape[0] < 2:
-            continue
-        t, h, w = seg.shape
-        if seg.length != t * h * w:
-            continue
-        codes = seq.ids[seg.start : seg.start + seg.length].view(t, h, w)
-        changed = torch.zeros(t, h, w, dtype=torch.bool)
-        changed[1:] = codes[1:] != codes[:-1]
-        changed[0] = codes[0] != codes[1]
-        out[seg.start : seg.start + seg.length] = changed.reshape(-1)
-    return out & seq.loss_mask
-
-
-def collate_examples(seqs: list[Sequence], pad_id: int, changed_code_weight: float = 1.0) -> TrainBatch:
-    """A padded batch. With `changed_code_weight` != 1 the loss mask is a float weight per position
-    (1 on targets, that weight on changed video codes, 0 elsewhere) instead of a bool mask."""
+def collate_examples(seqs: list[Sequence], pad_id: int) -> TrainBatch:
     b = collate(seqs, pad_id)
-    if changed_code_weight != 1.0:
-        weights = b.loss_mask.to(torch.float32)
-        for i, s in enumerate(seqs):
-            weights[i, : len(s)][changed_code_mask(s)] = changed_code_weight
-        b.loss_mask = weights
     lengths = torch.tensor([len(s) for s in seqs])
     key_valid = torch.arange(b.ids.shape[1])[None] < lengths[:, None]
     real = int(lengths.sum())
@@ -523,9 +490,9 @@ class Pretrainer:
         from torchdata.stateful_dataloader import StatefulDataLoader
 
         ds = ShardExamples(self.cfg.data.shards, self.vocab, self.cfg.data, self.cfg.train.seed)
-        pad, weight = self.vocab.pad_id, self.cfg.data.changed_code_weight
+        pad = self.vocab.pad_id
         return StatefulDataLoader(ds, batch_sampler=self.sampler, num_workers=self.cfg.data.num_workers,
-                                  collate_fn=lambda s: collate_examples(s, pad, weight))
+                                  collate_fn=lambda s: collate_examples(s, pad))
 
     def _lr(self) -> float:
         t = self.cfg.train
