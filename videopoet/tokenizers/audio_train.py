@@ -44,8 +44,8 @@ from videopoet.config import from_dict, load_yaml, save_json, to_dict
 from videopoet.errors import ConfigError, InputError
 from videopoet.tokenizers.audio import AudioTokenizer, AudioTokenizerConfig
 from videopoet.tokenizers.audio_losses import (
-    MultiResolutionSTFTLoss,
     HighBandEnvelopeLoss,
+    MultiResolutionSTFTLoss,
     MultiScaleMelLoss,
     MultiScaleSTFTDiscriminator,
     feature_matching_loss,
