@@ -14,7 +14,6 @@ import argparse
 
 import numpy as np
 import torch
-from scipy import signal
 
 from videopoet.data import shapes as S
 from videopoet.eval.tokenizer_eval import load_eval_set
@@ -30,14 +29,13 @@ def main() -> None:
 
     tok = AudioTokenizer.from_pretrained(a.model or asset_dir("audio_tokenizer")).eval()
     sr = tok.config.sample_rate
-    sos = signal.butter(6, 2600.0, "highpass", fs=sr, output="sos")
     peak, energy, hit = [], [], []
     for it in load_eval_set(a.data, audio=True, sample_rate=sr).items:
         x = np.asarray(it.audio, np.float32).reshape(-1)
         with torch.no_grad():
             y = tok.decode(tok.encode(torch.from_numpy(x)[None, None]))[0, 0, : len(x)].numpy()
         y = np.pad(y, (0, len(x) - len(y)))
-        hx, hy = signal.sosfiltfilt(sos, x.astype(np.float64)), signal.sosfiltfilt(sos, y.astype(np.float64))
+        hx, hy = S.click_band(x, sr), S.click_band(y, sr)
         w = int(0.025 * sr)
         for t in S.click_times(x, sr):
             lo, hi = max(0, int(t * sr) - w), min(len(x), int(t * sr) + w)

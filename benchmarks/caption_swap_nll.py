@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 import tempfile
 from pathlib import Path
 
@@ -53,7 +52,7 @@ def frame_nll(model, vocab, task: str, item: dict) -> np.ndarray:
     return nll.view(seg.shape[0], -1).mean(1).numpy()
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--lm", default=None, help="LM directory (default: the embedded one)")
     ap.add_argument("--data", default="shapes:48:7272")
@@ -102,8 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
               f"{s['frame0']:.2f} / {s['frame1']:.2f}")
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=1))
-    return res
 
 
 if __name__ == "__main__":
-    sys.exit(main() and 0)
+    main()
