@@ -252,6 +252,46 @@ def test_init_from_starts_from_the_given_weights(tmp_path, shards):
     assert {p[0] for p in b.plan} == {"v2a"}
 
 
+def test_short_t2v_rows_are_the_clips_first_latent_frames_in_larger_batches(tmp_path, shards):
+    """data.t2v_short_frames: a share of t2v trains on the first latent frames only (more captions
+    per step); the frames token still names the whole clip, the weight is split by t2v_short_share."""
+    from videopoet.lm.pretrain import SHORT, PretrainDataConfig, examples_for
+
+    v = np.arange(3 * 4 * 4, dtype=np.int32).reshape(3, 4, 4)
+    item = {"visual": v, "text": np.array([3, 4], np.int32), "meta": {"frames": 9}}
+    cut = PretrainDataConfig(t2v_short_frames=1)
+    ins, outs, frames = examples_for("t2v", item, np.random.default_rng(0), cut, {"short": True})
+    assert torch.equal(outs["video"], torch.from_numpy(v[:1])) and frames == 9 and sorted(ins) == ["text"]
+    _, outs, _ = examples_for("t2v", item, np.random.default_rng(0), cut, {})  # the whole-clip variant
+    assert torch.equal(outs["video"], torch.from_numpy(v))
+    with pytest.raises(ConfigError, match="t2v_short"):
+        PretrainDataConfig(t2v_short_frames=1, t2v_short_share=1.5)
+
+    tasks = "data.tasks={t2v: 3.0, i2v: 1.0}"
+    plain = Pretrainer(cfg(shards, tmp_path / "a", tasks, "train.max_steps=2", "train.eval_every=0"))
+    t = Pretrainer(cfg(shards, tmp_path / "b", tasks, "data.t2v_short_frames=1", "data.t2v_short_share=0.25",
+                       "train.max_steps=12", "train.eval_every=0"))
+    long_ = {g: (task, wt, b) for task, g, wt, b in t.plan if task == "t2v" and not g.endswith(SHORT)}
+    short = {g: (task, wt, b) for task, g, wt, b in t.plan if g.endswith(SHORT)}
+    assert short and set(short) == {g + SHORT for g in long_} and all(x[0] == "t2v" for x in short.values())
+    assert sum(x[1] for x in short.values()) == pytest.approx(0.75) and sum(x[1] for x in long_.values()) == pytest.approx(2.25)
+    plain_t2v = [b for task, _, _, b in plain.plan if task == "t2v"]
+    assert all(x[2] > plain_t2v[0] for x in short.values())  # shorter rows: a larger batch
+    assert all(x[2] == plain_t2v[0] for x in long_.values())
+    seen = set()
+    for batch in t.sampler:
+        for task, bucket, i, step, flags in batch:
+            seen.add((task, flags["short"]))
+            seq = t.loader().dataset[(task, bucket, i, step, flags)]
+            if task == "t2v":
+                full = t.loader().dataset[(task, bucket, i, step, {**flags, "short": False})]
+                assert (len(seq) < len(full)) == flags["short"]
+    assert ("t2v", True) in seen and ("t2v", False) in seen and ("i2v", False) in seen
+    t.sampler.load_state_dict({"step": 0, "cursor": {g: 0 for g in t.sampler.cursor}, "epoch": {g: 0 for g in t.sampler.epoch}})
+    m = t.fit()  # both variants train, every loss finite
+    assert t.step == 12 and np.isfinite(m["loss"])
+
+
 def test_frame_prediction_examples_carry_text_anchor_and_a_noisy_context():
     from videopoet.lm.pretrain import PretrainDataConfig, examples_for
 

@@ -44,6 +44,7 @@ from videopoet.lm.vocab import Vocabulary
 
 AUDIO_TASKS = {"v2a", "a2v", "avcont"}
 IMAGE_TASKS = {"t2i"}
+SHORT = "#short"  # the group-name suffix of t2v's short-clip variant (data.t2v_short_frames)
 
 
 # ------------------------------------------------------------------------------------------ config
@@ -67,6 +68,12 @@ class PretrainDataConfig:
     # to lean on the clean anchor frame (given to half of the steps) -- long-video drift control
     frame_pred_noise: float = 0.0
     length_group: int = 8  # text tasks: items are grouped by caption length in groups of this many batches
+    # t2v: t2v_short_share of the t2v weight trains on clips cut to their first t2v_short_frames
+    # latent frames (the frames token still names the whole clip; the output ends early). A short
+    # row is several times cheaper, so a step reads several times more captions where the
+    # caption's colour, shape and first motion show; 0 = whole clips only.
+    t2v_short_frames: int = 0
+    t2v_short_share: float = 0.5
 
     def __post_init__(self):
         unknown = sorted(set(self.tasks) - set(TASKS))
@@ -78,6 +85,8 @@ class PretrainDataConfig:
             raise ConfigError(f"data.schedule: constant or paper, got {self.schedule!r}")
         if not 0 <= self.text_dropout <= 1 or self.tokens_per_step < 1 or self.heldout_items < 0:
             raise ConfigError("data: text_dropout in [0, 1], tokens_per_step >= 1, heldout_items >= 0")
+        if self.t2v_short_frames < 0 or not 0 <= self.t2v_short_share <= 1:
+            raise ConfigError("data: t2v_short_frames >= 0 (0 = off) and t2v_short_share in [0, 1]")
 
 
 @dataclass
@@ -141,7 +150,8 @@ def examples_for(task: str, item: dict[str, Any], rng: np.random.Generator, cfg:
                  flags: dict[str, bool] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], int | None]:
     """(inputs, outputs, output frames) of `task` built from a shard item's stored codes. `flags`
     are drawn once per step for the whole batch (so rows keep one length): drop_text, first_frame
-    (stylize's optional first frame)."""
+    (stylize's optional first frame), anchor (frame prediction's clean first frame), short (t2v on
+    the first cfg.t2v_short_frames latent frames)."""
     flags = flags or {}
     v = torch.from_numpy(item["visual"])  # (t, h, w)
     text = torch.from_numpy(item["text"]) if "text" in item and len(item["text"]) else None
@@ -155,6 +165,8 @@ def examples_for(task: str, item: dict[str, Any], rng: np.random.Generator, cfg:
         ins["text"] = text
     t, h, w = v.shape
     if task in ("t2v", "uncond"):  # uncond has no text part: `ins` is empty
+        if task == "t2v" and flags.get("short") and cfg.t2v_short_frames:
+            return ins, {"video": v[: cfg.t2v_short_frames]}, frames  # frames: the whole clip's
         return ins, {"video": v}, frames
     if task == "t2i":
         return ins, {"video": v[:1]}, 1
@@ -248,7 +260,7 @@ class BucketSampler:
         task, group, _, batch = self.plan[k]
         has_text = any(p.name == "text" for p in TASKS[task].prefix)
         flags = {"drop_text": bool(has_text and rng.random() < self.text_dropout), "first_frame": bool(rng.random() < 0.5),
-                 "anchor": bool(rng.random() < 0.5)}
+                 "anchor": bool(rng.random() < 0.5), "short": group.endswith(SHORT)}
         return task, group, batch, flags
 
     def __iter__(self):
@@ -466,6 +478,13 @@ class Pretrainer:
                                       f"max_seq_len {self.model.cfg.max_seq_len}")
                 batch = max(1, min(d.max_batch, d.tokens_per_step // len(probe)))
                 batch = max(world, batch // world * world)
+                # t2v's short variant: its own groups (same items, own order) with a larger batch
+                short = task == "t2v" and d.t2v_short_frames > 0 and d.t2v_short_share > 0
+                if short:
+                    sp = build_example(self.vocab, task, self.reader.item(b, 0), rng, d, {"short": True})
+                    short_batch = max(1, min(d.max_batch, d.tokens_per_step // len(sp)))
+                    short_batch = max(world, short_batch // world * world)
+                share = d.t2v_short_share if short else 0.0
                 members = np.arange(train_n[b])
                 split = {b: members}
                 tf = "text" if "text" in self.reader.fields(b) else "text_emb"
@@ -477,7 +496,11 @@ class Pretrainer:
                     split = {f"{b}|len{k}": np.sort(c) for k, c in enumerate(chunks)}
                 for g, m in split.items():
                     groups[g] = (b, m)
-                    plan.append((task, g, weight * len(m) / total, batch))
+                    if share < 1:
+                        plan.append((task, g, weight * (1 - share) * len(m) / total, batch))
+                    if share > 0:
+                        groups[g + SHORT] = (b, m)
+                        plan.append((task, g + SHORT, weight * share * len(m) / total, short_batch))
         missing = sorted({t for t, w in d.tasks.items() if w > 0} - {p[0] for p in plan})
         if missing:
             self.fabric.print(f"note: no bucket in {d.shards} serves task(s) {missing} (they need "
