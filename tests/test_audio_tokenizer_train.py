@@ -11,6 +11,7 @@ import torch
 
 from videopoet.tokenizers.audio import AudioTokenizer
 from videopoet.tokenizers.audio_losses import (
+    HighBandEnergyLoss,
     HighBandEnvelopeLoss,
     MultiResolutionSTFTLoss,
     MultiScaleMelLoss,
@@ -59,10 +60,10 @@ def test_short_training_run_losses_fall(tmp_path):
 
 
 def test_gan_and_exact_resume(tmp_path):
-    """Two runs to step 6 (GAN from step 2, the transient loss on), one interrupted at step 3, end bit-identical."""
+    """Two runs to step 6 (GAN from step 2, the transient and band-energy losses on), one interrupted at step 3, end bit-identical."""
     torch.set_num_threads(1)
     common = ["train.adv_start_step=2", "train.ckpt_every=3", "train.log_every=1", "data.synthetic_clips=3",
-              "train.w_transient=5.0"]
+              "train.w_transient=5.0", "train.w_band_energy=1.0"]
     a = train_audio_tokenizer(debug_recipe("train.max_steps=6", *common), tmp_path / "a", log=quiet)
     train_audio_tokenizer(debug_recipe("train.max_steps=3", *common), tmp_path / "b", log=quiet)
     b = train_audio_tokenizer(debug_recipe("train.max_steps=6", *common), tmp_path / "b", log=quiet)
@@ -259,6 +260,37 @@ def test_high_band_envelope_loss_charges_a_missing_click_and_ignores_the_tones()
     assert float(loss((tone + late)[None, None], x)) > 0.9 * float(loss(no_click, x))
     with pytest.raises(ValueError, match="cutoff_hz"):
         HighBandEnvelopeLoss(sr, cutoff_hz=9000.0)
+
+
+def test_high_band_energy_loss_is_the_log_gain_of_the_band_per_frame():
+    sr = 16000
+    g = torch.Generator().manual_seed(0)
+    t = torch.arange(8000) / sr
+    fade = torch.ones(8000)  # faded in and out: the frames at the ends see no step
+    fade[:320], fade[-320:] = torch.linspace(0, 1, 320) ** 2, torch.linspace(1, 0, 320) ** 2
+    tone = 0.2 * torch.sin(2 * math.pi * 440 * t) * fade
+    clicks = torch.zeros(8000)
+    tc = torch.arange(192) / sr
+    for k in (1000, 4000, 6500):
+        clicks[k : k + 192] = 0.35 * torch.exp(-tc / 0.003) * torch.sin(2 * math.pi * 3200 * tc)
+    x = (tone + clicks)[None, None]
+    loss = HighBandEnergyLoss(sr, cutoff_hz=2600.0)
+    assert float(loss(x, x)) == 0.0
+    # the band at 10% of its energy (amplitude x sqrt(0.1)) and at 2.5x cost about alike: a log ratio.
+    # Every frame near a click is charged |log 0.1| = 2.30 or log 2.5 = 0.92; floored quiet frames less
+    quiet = loss((tone + clicks * 0.1**0.5)[None, None], x)
+    loud = loss((tone + clicks * 2.5**0.5)[None, None], x)
+    assert 0.2 < float(quiet) < 2.31 and 0.08 < float(loud) < 0.92
+    assert float(quiet) / float(loud) == pytest.approx(math.log(10) / math.log(2.5), rel=0.25)
+    # the same ratio costs the same at any level: the term does not shrink with a quiet band
+    assert float(loss(0.1 * (tone + clicks * 0.1**0.5)[None, None], 0.1 * x)) == pytest.approx(float(quiet), rel=1e-3)
+    # a 440 Hz tone is below the cutoff: doubling it leaves the loss near zero
+    assert float(loss((2 * tone + clicks)[None, None], x)) < 0.02 * float(quiet)
+    # noise far below the clicks in the silent frames sits under the floor: it costs little
+    hiss = 1e-4 * torch.randn(8000, generator=g)
+    assert float(loss((tone + clicks + hiss)[None, None], x)) < 0.05 * float(quiet)
+    with pytest.raises(ValueError, match="cutoff_hz"):
+        HighBandEnergyLoss(sr, cutoff_hz=9000.0)
 
 
 def test_discriminator_and_gan_losses():

@@ -5,7 +5,8 @@ Design choices
   itself stays plain: a GAN with two optimizers and buffer-updating codebooks reads better as code
   than as callbacks, and exact resume is easy to guarantee.
 - Generator loss = w_time * L1 + w_mel * multi-scale mel + w_stft * multi-resolution STFT
-  + w_commit * commitment + w_transient * high-band envelope (off by default)
+  + w_commit * commitment + w_transient * high-band envelope + w_band_energy * high-band log
+  energy per 20 ms (both off by default)
   + (after `adv_start_step`) w_adv * hinge + w_feat * feature matching
   against the multi-scale STFT discriminator (EnCodec's weights: 0.1, 1, -, 1, 3, 3).
 - Codebooks: k-means initialisation from the first quantized batch (level by level, on the
@@ -44,6 +45,7 @@ from videopoet.config import from_dict, load_yaml, save_json, to_dict
 from videopoet.errors import ConfigError, InputError
 from videopoet.tokenizers.audio import AudioTokenizer, AudioTokenizerConfig
 from videopoet.tokenizers.audio_losses import (
+    HighBandEnergyLoss,
     HighBandEnvelopeLoss,
     MultiResolutionSTFTLoss,
     MultiScaleMelLoss,
@@ -111,6 +113,9 @@ class AudioTrainConfig:
     # clicks come back quiet on multi-object clips without it; 0 = off
     w_transient: float = 0.0
     transient_cutoff_hz: float = 2600.0
+    # log energy of the same band per 20 ms frame (audio_losses.HighBandEnergyLoss): holds the
+    # band's gain, which checkpoints that lose the clicks let fall for the whole band; 0 = off
+    w_band_energy: float = 0.0
     w_commit: float = 1.0
     mel_log_floor: float = 1e-5  # floor of the mel magnitudes inside the log-mel loss
     stft_log_floor: float = 0.0  # added to the STFT magnitudes inside the log (audio_losses.MultiResolutionSTFTLoss)
@@ -552,6 +557,7 @@ def train_audio_tokenizer(recipe: AudioRecipe, out_dir: str | Path, *, resume: b
     stft_loss = MultiResolutionSTFTLoss(tuple(n for n in tc.stft_sizes if n <= segment),
                                         log_floor=tc.stft_log_floor).to(fabric.device)
     transient_loss = HighBandEnvelopeLoss(mc.sample_rate, tc.transient_cutoff_hz) if tc.w_transient > 0 else None
+    band_loss = HighBandEnergyLoss(mc.sample_rate, tc.transient_cutoff_hz) if tc.w_band_energy > 0 else None
     world = fabric.world_size
 
     def all_reduce(t: torch.Tensor) -> torch.Tensor:
@@ -595,6 +601,9 @@ def train_audio_tokenizer(recipe: AudioRecipe, out_dir: str | Path, *, resume: b
         if transient_loss is not None:
             losses["transient"] = transient_loss(x_hat, x)
             total = total + tc.w_transient * losses["transient"]
+        if band_loss is not None:
+            losses["band_energy"] = band_loss(x_hat, x)
+            total = total + tc.w_band_energy * losses["band_energy"]
         adversarial = step >= tc.adv_start_step and (tc.w_adv > 0 or tc.w_feat > 0)
         if adversarial:
             fake_logits, fake_feats = disc_w(x_hat)
