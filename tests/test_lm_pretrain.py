@@ -278,13 +278,13 @@ def test_short_t2v_rows_are_the_clips_first_latent_frames_in_larger_batches(tmp_
     plain_t2v = [b for task, _, _, b in plain.plan if task == "t2v"]
     assert all(x[2] > plain_t2v[0] for x in short.values())  # shorter rows: a larger batch
     assert all(x[2] == plain_t2v[0] for x in long_.values())
-    seen = set()
+    seen, ds = set(), t.loader().dataset
     for batch in t.sampler:
         for task, bucket, i, step, flags in batch:
             seen.add((task, flags["short"]))
-            seq = t.loader().dataset[(task, bucket, i, step, flags)]
+            seq = ds[(task, bucket, i, step, flags)]
             if task == "t2v":
-                full = t.loader().dataset[(task, bucket, i, step, {**flags, "short": False})]
+                full = ds[(task, bucket, i, step, {**flags, "short": False})]
                 assert (len(seq) < len(full)) == flags["short"]
     assert ("t2v", True) in seen and ("t2v", False) in seen and ("i2v", False) in seen
     t.sampler.load_state_dict({"step": 0, "cursor": {g: 0 for g in t.sampler.cursor}, "epoch": {g: 0 for g in t.sampler.epoch}})

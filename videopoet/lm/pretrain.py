@@ -465,6 +465,11 @@ class Pretrainer:
         plan = []
         rng = np.random.default_rng(0)
         world = self.fabric.world_size
+
+        def rows(length: int) -> int:  # rows per step for sequences of `length` tokens, a multiple of world
+            n = max(1, min(d.max_batch, d.tokens_per_step // length))
+            return max(world, n // world * world)
+
         for task, weight in d.tasks.items():
             if weight <= 0:
                 continue
@@ -476,15 +481,11 @@ class Pretrainer:
                 if len(probe) > self.model.cfg.max_seq_len:
                     raise ConfigError(f"task {task} on bucket {b}: sequences of {len(probe)} tokens exceed the model's "
                                       f"max_seq_len {self.model.cfg.max_seq_len}")
-                batch = max(1, min(d.max_batch, d.tokens_per_step // len(probe)))
-                batch = max(world, batch // world * world)
+                batch = rows(len(probe))
                 # t2v's short variant: its own groups (same items, own order) with a larger batch
-                short = task == "t2v" and d.t2v_short_frames > 0 and d.t2v_short_share > 0
-                if short:
-                    sp = build_example(self.vocab, task, self.reader.item(b, 0), rng, d, {"short": True})
-                    short_batch = max(1, min(d.max_batch, d.tokens_per_step // len(sp)))
-                    short_batch = max(world, short_batch // world * world)
-                share = d.t2v_short_share if short else 0.0
+                share = d.t2v_short_share if task == "t2v" and d.t2v_short_frames > 0 else 0.0
+                if share > 0:
+                    short_batch = rows(len(build_example(self.vocab, task, self.reader.item(b, 0), rng, d, {"short": True})))
                 members = np.arange(train_n[b])
                 split = {b: members}
                 tf = "text" if "text" in self.reader.fields(b) else "text_emb"
