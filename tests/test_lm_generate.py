@@ -235,3 +235,33 @@ def test_sub_token_guidance_with_equal_scales_picks_what_one_scale_picks():
     debug = PrefixLM(LMConfig(vocab_size=vocab.size, d_model=32, n_layers=1, n_heads=2, max_seq_len=64)).eval()
     with pytest.raises(InputError, match="sub-token scales"):
         generate(debug, prompt, uncond=uncond, guidance_scale=(2.0, 2.0))
+
+
+def test_pair_bias_samples_only_the_pairs_it_allows():
+    """With visual_pair_bias the low sub-token is drawn given the high one: a table that allows only
+    lo == hi gives only such codes, with one guidance scale (the joint), a pair of scales (factor
+    by factor) or none; the same weights without the table draw other pairs too."""
+    vocab = Vocabulary(visual_bits=6, audio_levels=0, text_size=16)
+    torch.manual_seed(0)
+    cfg = dict(vocab_size=vocab.size, d_model=32, n_layers=1, n_heads=2, max_seq_len=64, factorized_visual=True,
+               visual_bits=6, visual_offset=vocab.visual_offset)
+    indep = PrefixLM(LMConfig(**cfg)).eval()
+    paired = PrefixLM(LMConfig(**cfg, visual_pair_bias=True)).eval()
+    paired.load_state_dict({**indep.state_dict(), "vis_pair": torch.full((8, 8), -40.0).fill_diagonal_(0.0)})
+    s = build_sequence(vocab, "t2v", {"text": torch.tensor([1, 2, 3])}, {"video": (1, 4, 4)})
+    u = build_sequence(vocab, "t2v", {}, {"video": (1, 4, 4)})
+    prompt, uncond = make_prompt([s, s], vocab.pad_id), make_prompt([u, u], vocab.pad_id)
+    lo, hi = vocab.visual_range()
+
+    def codes(m, **kw):
+        out = generate(m, prompt, temperature=1.0, pad_id=vocab.pad_id, compile=False, **kw)
+        c = out[:, :16] - lo
+        assert bool(((c >= 0) & (c < 64)).all())
+        return c
+
+    for seed in range(3):
+        for kw in ({}, {"uncond": uncond, "guidance_scale": 2.5}, {"uncond": uncond, "guidance_scale": (2.5, 1.5)}):
+            c = codes(paired, seed=seed, **kw)
+            assert torch.equal(c >> 3, c & 7), kw
+    c = torch.cat([codes(indep, seed=seed) for seed in range(3)])
+    assert (c >> 3 != c & 7).float().mean() > 0.5  # independent halves: mostly other pairs

@@ -295,3 +295,44 @@ def test_text_embedding_mode_traces_without_graph_breaks():
     m(ids, prefix_len=8, text_embeds=emb, text_positions=pos)
     handle.remove()
     torch.testing.assert_close(captured["x"], h_ref)
+
+
+def test_pair_bias_makes_the_low_factor_depend_on_the_high_one():
+    """visual_pair_bias: p(code) = p(hi | h) p(lo | h, hi) with lo logits ll + B[hi]; B = 0 is the
+    independent head, and the full logits, the loss and the saved model agree with that definition."""
+    torch.manual_seed(0)
+    indep = tiny(factorized_visual=True)
+    model = tiny(factorized_visual=True, visual_pair_bias=True)
+    assert torch.count_nonzero(model.vis_pair) == 0  # zero at init, after reset_parameters
+    model.load_state_dict({**indep.state_dict(), "vis_pair": torch.zeros(8, 8)})
+    ids = torch.randint(0, VOCAB.size, (2, 9))
+    h = model(ids, prefix_len=3)
+    lo, hi = VOCAB.visual_range()
+    assert torch.allclose(model.logits(h, lo, hi).log_softmax(-1), indep.logits(h, lo, hi).log_softmax(-1), atol=1e-5)
+    with torch.no_grad():
+        model.vis_pair.copy_(torch.randn(8, 8) * 3)
+    B = model.vis_pair.detach()
+    vis = model.logits(h, lo, hi)
+    assert torch.allclose(vis.logsumexp(-1), torch.zeros(2, 9), atol=1e-5)  # already log-probabilities
+    lh, ll = model.vis_head(h).split([8, 8], dim=-1)
+    c = torch.arange(64)
+    want = lh.log_softmax(-1)[..., c >> 3] + (ll[..., None, :] + B).log_softmax(-1)[..., c >> 3, c & 7]
+    assert torch.allclose(vis, want, atol=1e-5)
+    assert not torch.allclose(vis.log_softmax(-1), indep.logits(h, lo, hi).log_softmax(-1), atol=1e-2)
+    t = torch.tensor([lo + 45, lo + 2])
+    nll = model.token_nll(h[0, :2], t)
+    assert torch.allclose(nll, -torch.stack([vis[0, 0, 45], vis[0, 1, 2]]), atol=1e-5)
+    assert torch.allclose(model.token_nll(h[0, :2], t, dense=True), nll, atol=1e-6)
+    assert torch.equal(model.visual_lo_logits(ll[0, :2], torch.tensor([5, 0])), ll[0, :2] + B[[5, 0]])
+    with pytest.raises(ConfigError, match="visual_pair_bias"):
+        tiny(visual_pair_bias=True)  # needs the factorized head
+
+
+def test_pair_bias_is_saved_and_loaded(tmp_path):
+    torch.manual_seed(0)
+    model = tiny(factorized_visual=True, visual_pair_bias=True)
+    with torch.no_grad():
+        model.vis_pair.normal_()
+    save_lm(tmp_path / "lm", model, VOCAB)
+    back, _ = load_lm(tmp_path / "lm")
+    assert back.cfg.visual_pair_bias and torch.equal(back.vis_pair, model.vis_pair)

@@ -422,3 +422,43 @@ def test_reencode_audio_skips_items_whose_sound_is_gone(tmp_path, debug_tokenize
         assert a.item("av_32x32_f5", i)["meta"]["caption"] == b.item("av_32x32_f5", j)["meta"]["caption"]
     with pytest.raises(InputError, match="must differ"):
         reencode_audio(src, src, audio_model=debug_tokenizers / "audio", progress=False)
+
+
+def test_add_pair_bias_starts_from_the_codes_mutual_information(tmp_path, shards):
+    """train.add_pair_bias: an LM with a factorized head and no pair bias gets one, set to the
+    smoothed PMI of the training items' code halves (held-out items left out); the other weights
+    are kept, training runs, and the exported model has the bias."""
+    from videopoet.lm.model import LMConfig, PrefixLM
+    from videopoet.lm.pretrained import load_lm, save_lm
+    from videopoet.lm.vocab import Vocabulary
+
+    vocab = Vocabulary.load(shards / "vocab.json")
+    torch.manual_seed(0)
+    lm = PrefixLM(LMConfig(vocab_size=vocab.size, d_model=32, n_layers=2, n_heads=4, max_seq_len=1024,
+                           factorized_visual=True, visual_bits=vocab.visual_bits, visual_offset=vocab.visual_offset))
+    save_lm(tmp_path / "src", lm, vocab)
+    tr = Pretrainer(cfg(shards, tmp_path / "run", "train.add_pair_bias=true", "train.pair_bias_alpha=0.5",
+                        "train.max_steps=3", "train.eval_every=0"), init_from=tmp_path / "src")
+    B = tr.model.vis_pair.detach().clone()
+    # by hand: counts of (hi, lo) over the training items (every bucket but its held-out tail)
+    reader, held = ShardReader(shards), tr.cfg.data.heldout_items
+    counts = np.zeros((8, 8))
+    for b, n in reader.buckets.items():
+        for i in range(n - held):
+            c = reader.item(b, i)["visual"].ravel()
+            np.add.at(counts, (c >> 3, c & 7), 1)
+    p = (counts + 0.5) / (counts + 0.5).sum()
+    want = np.log(p) - np.log(p.sum(1, keepdims=True)) - np.log(p.sum(0, keepdims=True))
+    assert np.allclose(B.numpy(), want, atol=1e-5)
+    assert B.abs().max() > 0.1  # the debug codes' halves are not independent
+    for k, v in lm.state_dict().items():
+        assert torch.equal(tr.model.state_dict()[k], v), k
+    tr.fit()
+    back, _ = load_lm(tmp_path / "run" / "model")
+    assert back.cfg.visual_pair_bias and not torch.equal(back.vis_pair, B)  # trained
+    again = Pretrainer(cfg(shards, tmp_path / "run2", "train.add_pair_bias=true"), init_from=tmp_path / "run")
+    assert torch.equal(again.model.vis_pair, back.vis_pair)  # it has one already: kept
+    plain = PrefixLM(LMConfig(vocab_size=vocab.size, d_model=32, n_layers=2, n_heads=4, max_seq_len=1024))
+    save_lm(tmp_path / "plain", plain, vocab)
+    with pytest.raises(ConfigError, match="factorized"):
+        Pretrainer(cfg(shards, tmp_path / "run3", "train.add_pair_bias=true"), init_from=tmp_path / "plain")

@@ -56,6 +56,10 @@ def test_optimizer_is_fused_and_decays_matrices_only():
     assert names and all(n.endswith(("wqkv.weight", "wo.weight", "w13.weight", "w2.weight")) for n in names)
     assert sum(len(g["params"]) for g in opt.param_groups) == len(list(m.parameters()))
     assert make_optimizer(m, 1e-3, fused=False).defaults["fused"] is None
+    paired = tiny(factorized_visual=True, visual_pair_bias=True)
+    groups = make_optimizer(paired, 1e-3, weight_decay=0.1).param_groups
+    no_decay = {id(p) for g in groups if g["weight_decay"] == 0 for p in g["params"]}
+    assert id(paired.vis_pair) in no_decay  # a table of log-odds, not a projection: not decayed
 
 
 def test_train_step_learns_and_refuses_bad_batches():

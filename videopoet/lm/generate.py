@@ -175,9 +175,11 @@ def generate(
 
     uncond: the unconditional prompt (same rows, e.g. text dropped) for classifier-free guidance
     with `guidance_scale`: one scale, or (high, low) scales for the two sub-tokens of a factorized
-    visual head (each factor guided and sampled on its own: the joint distribution of the
-    factorized head is their product, so equal scales give the same distribution as one scale;
-    top-k / top-p then filter each factor). guidance_ramp: the scale grows linearly from 1 at the
+    visual head (each factor guided and sampled on its own, the low one given the sampled high
+    one: with independent factors the joint distribution is their product, so equal scales give
+    the same distribution as one scale; with the pair bias (LMConfig.visual_pair_bias) one scale
+    guides the joint log-probabilities and a pair guides p(hi) and then p(lo | hi); top-k / top-p
+    then filter each factor). guidance_ramp: the scale grows linearly from 1 at the
     first generated position to the given value at the last. `prompt.forced` pins ids per row
     (inpainting's unmasked codes, i2v's first frame, an output prefix): those positions are fed
     the pinned id and their uniform is drawn but unused, so the other positions sample as they
@@ -243,8 +245,11 @@ def generate(
             lh, ll = model.visual_factor_logits(h)
             if uncond is not None:
                 lh, ll = guided_logits(lh[:B], lh[B:], scale_at(t, 0)), guided_logits(ll[:B], ll[B:], scale_at(t, 1))
-            code = pick(lh, u, temp_t, top_k, top_p) << model.lo_bits | pick(ll, u_lo[t] if u_lo else None, temp_t, top_k, top_p)
-            tok = code + lo
+                # (with the pair bias B[hi] both rows' low logits get the same B[hi]: it cancels in
+                # the guided difference and is added once below)
+            c_hi = pick(lh, u, temp_t, top_k, top_p)
+            ll = model.visual_lo_logits(ll, c_hi)  # the low factor given the sampled high one
+            tok = (c_hi << model.lo_bits | pick(ll, u_lo[t] if u_lo else None, temp_t, top_k, top_p)) + lo
         else:
             logits = model.logits(h, lo, hi)
             if uncond is not None:

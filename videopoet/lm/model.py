@@ -51,6 +51,12 @@ class LMConfig:
     factorized_visual: bool = False
     visual_offset: int = 256
     visual_bits: int = 0  # K (needed with factorized_visual)
+    # with factorized_visual: a learned table B (2^hi x 2^lo) added to the low sub-token's logits
+    # given the high one, so that p(code) = p(hi | h) p(lo | h, hi) instead of p(hi | h) p(lo | h).
+    # The two halves of an LFQ code are far from independent (on the shapes shards 1.15 nats of
+    # mutual information; 1,514 of 262,144 codes in use), and sampling the halves independently
+    # draws codes the tokenizer never makes (benchmarks/RESULTS.md, session 14)
+    visual_pair_bias: bool = False
     tie_embeddings: bool = False
     attention: str = "auto"
     init_std: float = 0.02
@@ -79,6 +85,8 @@ class LMConfig:
                 raise ConfigError("lm: the visual range does not fit in vocab_size")
             if self.tie_embeddings:
                 raise ConfigError("lm: tie_embeddings cannot be combined with factorized_visual")
+        elif self.visual_pair_bias:
+            raise ConfigError("lm.visual_pair_bias needs factorized_visual")
 
     @property
     def head_dim(self) -> int:
@@ -211,6 +219,8 @@ class PrefixLM(nn.Module):
             self.vis_emb_hi = nn.Embedding(1 << self.hi_bits, d)
             self.vis_emb_lo = nn.Embedding(1 << self.lo_bits, d)
             self.vis_head = nn.Linear(d, (1 << self.hi_bits) + (1 << self.lo_bits), bias=False)
+        # B[hi, lo], zero at init (the independent factors); see LMConfig.visual_pair_bias
+        self.vis_pair = nn.Parameter(torch.zeros(1 << self.hi_bits, 1 << self.lo_bits)) if cfg.visual_pair_bias else None
         self.text_proj = nn.Linear(cfg.text_embed_dim, d, bias=False) if cfg.text_embed_dim else None
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = nn.RMSNorm(d, eps=cfg.norm_eps)
@@ -224,7 +234,9 @@ class PrefixLM(nn.Module):
     def reset_parameters(self) -> None:
         std = self.cfg.init_std
         for name, p in self.named_parameters():
-            if p.dim() < 2:
+            if name == "vis_pair":
+                nn.init.zeros_(p)
+            elif p.dim() < 2:
                 nn.init.ones_(p)  # RMSNorm weights
             elif name.endswith(("wo.weight", "w2.weight")):
                 nn.init.normal_(p, std=std / math.sqrt(2 * self.cfg.n_layers))
@@ -334,7 +346,11 @@ class PrefixLM(nn.Module):
             parts.append(linear(h, W[lo : min(hi, vo)]))
         if max(lo, vo) < min(hi, ve):
             lh, ll = self.visual_factor_logits(h)
-            full = (lh[..., :, None] + ll[..., None, :]).flatten(-2)  # code = hi << lo_bits | lo
+            if self.vis_pair is None:
+                full = (lh[..., :, None] + ll[..., None, :]).flatten(-2)  # code = hi << lo_bits | lo
+            else:  # log p(hi) + log p(lo | hi): the low factor is normalised per high value
+                lo_given_hi = (ll[..., None, :] + self.vis_pair.to(ll.dtype)).log_softmax(-1)
+                full = (lh.log_softmax(-1)[..., :, None] + lo_given_hi).flatten(-2)
             parts.append(full[..., max(lo, vo) - vo : min(hi, ve) - vo])
         if max(lo, ve) < hi:
             parts.append(linear(h, W[max(lo, ve) - self.n_visual : hi - self.n_visual]))
@@ -342,11 +358,17 @@ class PrefixLM(nn.Module):
 
     def visual_factor_logits(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The factorized visual head's two factors for h (..., d): (high-bit logits, low-bit
-        logits); the logit of code c = hi << lo_bits | lo is their sum."""
+        logits); the logit of code c = hi << lo_bits | lo is their sum (with visual_pair_bias the
+        low factor also depends on hi: `visual_lo_logits`)."""
         if not self.n_visual:
             raise InputError("visual_factor_logits: this model has no factorized visual head")
         lh, ll = linear(h, self.vis_head).split([1 << self.hi_bits, 1 << self.lo_bits], dim=-1)
         return lh, ll
+
+    def visual_lo_logits(self, ll: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+        """The low factor's logits given the high sub-token hi (...,) of each row: ll + B[hi] with
+        visual_pair_bias, else ll (the factors are independent)."""
+        return ll if self.vis_pair is None else ll + self.vis_pair[hi].to(ll.dtype)
 
     def token_nll(self, h: torch.Tensor, targets: torch.Tensor, dense: bool = False) -> torch.Tensor:
         """Negative log-likelihood of `targets` (N,) under hidden states h (N, d) -> (N,).
@@ -376,10 +398,12 @@ class PrefixLM(nn.Module):
         return F.cross_entropy(F.linear(h, self._head_weight()), ids, reduction="none")
 
     def _visual_nll(self, h: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
-        """NLL of visual codes under the factorized head: the sum of the two factors' NLLs."""
+        """NLL of visual codes under the factorized head: the sum of the two factors' NLLs
+        (the low one given the target's high sub-token)."""
         lh, ll = self.vis_head(h).split([1 << self.hi_bits, 1 << self.lo_bits], dim=-1)
-        return F.cross_entropy(lh, code >> self.lo_bits, reduction="none") + F.cross_entropy(
-            ll, code & ((1 << self.lo_bits) - 1), reduction="none"
+        hi = code >> self.lo_bits
+        return F.cross_entropy(lh, hi, reduction="none") + F.cross_entropy(
+            self.visual_lo_logits(ll, hi), code & ((1 << self.lo_bits) - 1), reduction="none"
         )
 
 

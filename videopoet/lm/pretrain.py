@@ -23,6 +23,7 @@ first-frame option) come from a generator seeded by (seed, step, item): no RNG s
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -115,6 +116,11 @@ class PretrainLoopConfig:
     activation_checkpointing: bool = False
     threads: int = 0
     progress: bool = True
+    # with --init-from an LM whose factorized visual head has no pair bias (LMConfig.visual_pair_bias):
+    # add it, initialised to the pointwise mutual information of the high and low sub-tokens in the
+    # training items' visual codes (smoothed by pair_bias_alpha counts per pair), and train it
+    add_pair_bias: bool = False
+    pair_bias_alpha: float = 0.1
 
     def __post_init__(self):
         if self.max_steps < 1 or self.log_every < 1 or self.checkpoint_every < 1 or self.keep_checkpoints < 1:
@@ -386,6 +392,48 @@ def unigram_baselines(reader, train_n: dict[str, int], heldout: dict[str, tuple[
 
 
 # -------------------------------------------------------------------------------------------- loop
+def pair_pmi(reader, heldout_items: int, hi_bits: int, lo_bits: int, alpha: float = 0.1,
+             max_items: int = 20000) -> torch.Tensor:
+    """(2^hi_bits, 2^lo_bits) float32: log p(hi, lo) / (p(hi) p(lo)) of the visual codes of the
+    training items (the last `heldout_items` of each bucket left out; at most `max_items` items,
+    evenly spaced), with `alpha` added to every pair's count.
+
+    Added to the low factor's logits given hi, it turns p(hi | h) p(lo | h) into the product of
+    experts p(hi | h) p(lo | h) p(hi | lo) / p(hi) (normalised over lo): exact when the context
+    and the pairing of the halves are independent, a starting point for training otherwise."""
+    if alpha <= 0:
+        raise ConfigError(f"train.pair_bias_alpha: must be > 0, got {alpha}")
+    items = [(b, i) for b, n in reader.buckets.items() if "visual" in reader.fields(b)
+             for i in range(max(0, n - heldout_items))]
+    if not items:
+        raise ConfigError(f"{reader.root}: no training items with visual codes for the pair bias")
+    step = max(1, len(items) // max_items)
+    counts = np.zeros((1 << hi_bits) * (1 << lo_bits), np.float64)
+    for b, i in items[::step]:
+        c = reader.item(b, i)["visual"].ravel()
+        counts += np.bincount(c, minlength=counts.size)[: counts.size]
+    joint = (counts + alpha).reshape(1 << hi_bits, 1 << lo_bits)
+    joint /= joint.sum()
+    pmi = np.log(joint) - np.log(joint.sum(1, keepdims=True)) - np.log(joint.sum(0, keepdims=True))
+    return torch.from_numpy(pmi).float()
+
+
+def with_pair_bias(model, reader, heldout_items: int, alpha: float):
+    """A copy of `model` (factorized visual head, no pair bias) with the pair bias added and set to
+    `pair_pmi` of the reader's training items; every other weight is kept."""
+    from videopoet.lm.model import PrefixLM
+
+    if not model.n_visual:
+        raise ConfigError("train.add_pair_bias: the LM has no factorized visual head")
+    cfg = dataclasses.replace(model.cfg, visual_pair_bias=True)
+    with torch.device("cpu"):
+        new = PrefixLM(cfg)
+    state = dict(model.state_dict())
+    state["vis_pair"] = pair_pmi(reader, heldout_items, model.hi_bits, model.lo_bits, alpha)
+    new.load_state_dict(state)
+    return new
+
+
 def _ckpt_dir_ok(p: Path) -> bool:
     return (p / "state.json").is_file()
 
@@ -438,6 +486,10 @@ class Pretrainer:
             with torch.device("cpu"):
                 self.model = PrefixLM(mcfg)
         self.vocab = vocab
+        if t.add_pair_bias and init_from is not None and self.model.vis_pair is None:
+            self.model = with_pair_bias(self.model, self.reader, d.heldout_items, t.pair_bias_alpha)
+            self.model.train()
+            self.fabric.print(f"lm: pair bias added, initialised from the code statistics of {d.shards}")
         if t.activation_checkpointing:
             from torch.utils.checkpoint import checkpoint
 

@@ -38,7 +38,8 @@ def make_optimizer(
     eps: float = 1e-8,
     fused: bool | None = None,
 ) -> torch.optim.AdamW:
-    """AdamW with weight decay on the >= 2-D weights except embeddings and heads.
+    """AdamW with weight decay on the >= 2-D weights except embeddings, heads and the visual pair
+    bias (a table of log-odds, not a projection).
 
     fused: None = use the fused kernel when this PyTorch has it for the parameters' device and
     dtype; True = require it; False = PyTorch's default implementation.
@@ -47,7 +48,7 @@ def make_optimizer(
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (decay if p.dim() >= 2 and "emb" not in name and "head" not in name else rest).append(p)
+        (decay if p.dim() >= 2 and not any(k in name for k in ("emb", "head", "vis_pair")) else rest).append(p)
     groups = [
         g
         for g in ({"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0})
