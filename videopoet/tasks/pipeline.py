@@ -330,7 +330,9 @@ class Pipeline:
             uncond = make_prompt([useq] * rows, self.vocab.pad_id)
         g = g if uncond is not None else 1.0
         if self.lm.n_visual and not isinstance(g, (tuple, list)):
-            # factor by factor: the same distribution without top-k / top-p, and no 2^K-wide logits
+            # sub-token by sub-token (each guided; with the pair bias the low one given the sampled
+            # high one): no 2^K-wide logits. For independent factors this is the distribution of
+            # one scale on the joint (without top-k / top-p)
             g = (float(g), float(g))
         ids = generate(self.lm, make_prompt([seq] * rows, self.vocab.pad_id), uncond=uncond,
                        guidance_scale=g, guidance_ramp=guidance_ramp,
