@@ -863,4 +863,10 @@ def _shutdown_process_group() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+        # gloo's worker thread drops the barrier's work after the wait returns, and that needs the
+        # GIL; if the group is destroyed first (here, or when DDP's Reducer is freed) the main
+        # thread joins that worker while holding the GIL: a deadlock, seen once in CI under load
+        # (main in ~ProcessGroupGloo, worker in ~AsyncBarrierWork waiting for the GIL). Sleeping
+        # releases the GIL and lets the worker finish first.
+        time.sleep(0.5)
         dist.destroy_process_group()
