@@ -3,8 +3,8 @@ occur in the tokenized training clips, and their sub-token statistics.
 
 The LM's factorized visual head predicts an LFQ code as two halves (high and low bits). The video
 tokenizer uses few of the 2^K codes and its halves are far from independent; a head that samples
-the halves independently draws pairs the tokenizer never makes, which decode to speckles and
-colour fringes. `LMConfig.visual_pair_bias` draws the low half given the high one.
+the halves independently can pair them into codes the tokenizer never makes (measured: rarely, see
+benchmarks/RESULTS.md, session 14). `LMConfig.visual_pair_bias` draws the low half given the high one.
 
     python benchmarks/code_validity.py --shards SHARDS [--lm DIR ...] [--task t2i] [--prompts shapes:24:7171]
 """
@@ -22,14 +22,9 @@ def code_set(shards: str | Path, hi_bits: int, lo_bits: int) -> tuple[np.ndarray
     """(bool mask over the 2^K codes: made by the tokenizer on these shards, mutual information of
     the halves in nats)."""
     from videopoet.data.shards import ShardReader
+    from videopoet.lm.pretrain import visual_code_counts
 
-    reader = ShardReader(shards)
-    n = 1 << (hi_bits + lo_bits)
-    counts = np.zeros(n, np.int64)
-    for b, items in reader.buckets.items():
-        if "visual" in reader.fields(b):
-            for i in range(items):
-                counts += np.bincount(reader.item(b, i)["visual"].ravel(), minlength=n)[:n]
+    counts = visual_code_counts(ShardReader(shards), hi_bits + lo_bits)
     p = counts.reshape(1 << hi_bits, 1 << lo_bits) / counts.sum()
 
     def entropy(q):

@@ -54,8 +54,8 @@ class LMConfig:
     # with factorized_visual: a learned table B (2^hi x 2^lo) added to the low sub-token's logits
     # given the high one, so that p(code) = p(hi | h) p(lo | h, hi) instead of p(hi | h) p(lo | h).
     # The two halves of an LFQ code are far from independent (on the shapes shards 1.15 nats of
-    # mutual information; 1,514 of 262,144 codes in use), and sampling the halves independently
-    # draws codes the tokenizer never makes (benchmarks/RESULTS.md, session 14)
+    # mutual information; 2,365 of 262,144 codes in use), and sampling the halves independently
+    # pairs them into wrong codes (benchmarks/RESULTS.md, session 14)
     visual_pair_bias: bool = False
     tie_embeddings: bool = False
     attention: str = "auto"

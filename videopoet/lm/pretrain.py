@@ -392,6 +392,19 @@ def unigram_baselines(reader, train_n: dict[str, int], heldout: dict[str, tuple[
 
 
 # -------------------------------------------------------------------------------------------- loop
+def visual_code_counts(reader, bits: int, heldout_items: int = 0, max_items: int | None = None) -> np.ndarray:
+    """(2^bits,) float64: how often each visual code occurs in the items of every bucket with visual
+    codes, the last `heldout_items` of each bucket left out, at most `max_items` items (evenly
+    spaced; None: all)."""
+    items = [(b, i) for b, n in reader.buckets.items() if "visual" in reader.fields(b)
+             for i in range(max(0, n - heldout_items))]
+    step = max(1, len(items) // max_items) if max_items else 1
+    counts = np.zeros(1 << bits, np.float64)
+    for b, i in items[::step]:
+        counts += np.bincount(reader.item(b, i)["visual"].ravel(), minlength=counts.size)[: counts.size]
+    return counts
+
+
 def pair_pmi(reader, heldout_items: int, hi_bits: int, lo_bits: int, alpha: float = 0.1,
              max_items: int = 20000) -> torch.Tensor:
     """(2^hi_bits, 2^lo_bits) float32: log p(hi, lo) / (p(hi) p(lo)) of the visual codes of the
@@ -403,15 +416,9 @@ def pair_pmi(reader, heldout_items: int, hi_bits: int, lo_bits: int, alpha: floa
     and the pairing of the halves are independent, a starting point for training otherwise."""
     if alpha <= 0:
         raise ConfigError(f"train.pair_bias_alpha: must be > 0, got {alpha}")
-    items = [(b, i) for b, n in reader.buckets.items() if "visual" in reader.fields(b)
-             for i in range(max(0, n - heldout_items))]
-    if not items:
+    counts = visual_code_counts(reader, hi_bits + lo_bits, heldout_items, max_items)
+    if not counts.any():
         raise ConfigError(f"{reader.root}: no training items with visual codes for the pair bias")
-    step = max(1, len(items) // max_items)
-    counts = np.zeros((1 << hi_bits) * (1 << lo_bits), np.float64)
-    for b, i in items[::step]:
-        c = reader.item(b, i)["visual"].ravel()
-        counts += np.bincount(c, minlength=counts.size)[: counts.size]
     joint = (counts + alpha).reshape(1 << hi_bits, 1 << lo_bits)
     joint /= joint.sum()
     pmi = np.log(joint) - np.log(joint.sum(1, keepdims=True)) - np.log(joint.sum(0, keepdims=True))
@@ -487,8 +494,7 @@ class Pretrainer:
                 self.model = PrefixLM(mcfg)
         self.vocab = vocab
         if t.add_pair_bias and init_from is not None and self.model.vis_pair is None:
-            self.model = with_pair_bias(self.model, self.reader, d.heldout_items, t.pair_bias_alpha)
-            self.model.train()
+            self.model = with_pair_bias(self.model, self.reader, d.heldout_items, t.pair_bias_alpha)  # in train mode
             self.fabric.print(f"lm: pair bias added, initialised from the code statistics of {d.shards}")
         if t.activation_checkpointing:
             from torch.utils.checkpoint import checkpoint
