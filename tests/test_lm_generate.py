@@ -265,3 +265,91 @@ def test_pair_bias_samples_only_the_pairs_it_allows():
             assert torch.equal(c >> 3, c & 7), kw
     c = torch.cat([codes(indep, seed=seed) for seed in range(3)])
     assert (c >> 3 != c & 7).float().mean() > 0.5  # independent halves: mostly other pairs
+
+
+def _positions_model(vocab, **kw):
+    torch.manual_seed(0)
+    cfg = dict(vocab_size=vocab.size, d_model=64, n_layers=2, n_heads=2, max_seq_len=128, factorized_visual=True,
+               visual_bits=6, visual_offset=vocab.visual_offset, mask_id=vocab.id("<mask>"))
+    cfg.update(kw)
+    return PrefixLM(LMConfig(**cfg)).eval()
+
+
+def test_visual_positions_decode_the_same_on_every_path():
+    """An LM with visual position embeddings (large, random) gives the same greedy tokens with and
+    without a KV cache, op by op or in the fused step, and through the step that samples several
+    positions per call (compiled in production, eager here); rows padded differently agree with
+    each row alone. The same weights without the tables decode other tokens."""
+    from videopoet.lm import kernels
+    from videopoet.lm.fast_decode import DecodeStep, Sampling
+    from videopoet.lm.model import KVCache
+
+    vocab = Vocabulary(visual_bits=6, audio_levels=0, text_size=16)
+    m = _positions_model(vocab, visual_positions=(3, 2, 3))
+    with torch.no_grad():
+        for p in m.vis_pos_emb:
+            p.normal_(std=2.0)
+    plain = _positions_model(vocab)
+    plain.load_state_dict({k: v for k, v in m.state_dict().items() if not k.startswith("vis_pos_emb")})
+    frame = torch.arange(6).view(1, 2, 3)
+    seqs = [build_sequence(vocab, "i2v", {"first_frame": frame, "text": torch.tensor(t)}, {"video": (3, 2, 3)})
+            for t in ([1, 2, 3], [4])]
+    prompt = make_prompt(seqs, vocab.pad_id)
+    kw = dict(temperature=0, pad_id=vocab.pad_id, compile=False)
+    ref = generate(m, prompt, use_cache=False, **kw)
+    assert torch.equal(generate(m, prompt, **kw), ref)
+    assert torch.equal(generate(m, make_prompt(seqs[1:], vocab.pad_id), **kw)[0], ref[1])
+    assert not torch.equal(generate(plain, prompt, **kw), ref)
+    if kernels.available():  # the fused C++ step against the forward, on ids that start visual runs
+        from videopoet.lm.fast_decode import decode_matches_forward
+
+        with torch.no_grad():
+            assert decode_matches_forward(m, True, 2) and decode_matches_forward(m, False, 2)
+    # the multi-position sampling step, fed after a prefill of the prompt
+    R = prompt.batch
+    cache = KVCache(m.cfg, R, 128)
+    with torch.no_grad():
+        h = m(prompt.ids, prefix_len=prompt.ids.shape[1], key_valid=prompt.key_valid, cache=cache)[:, -1]
+        first = m.logits(h, *prompt.legal[0].tolist()).argmax(-1) + int(prompt.legal[0, 0])
+        step = DecodeStep(m, cache, compile=False)
+        legal = prompt.legal[1:].clone()
+        toks, _, _ = step.sample(first.clone(), legal, None, torch.tensor(1.0), torch.tensor(1.0),
+                                 Sampling(batch=R, guided=False, greedy=True))
+    assert torch.equal(torch.cat([first[None], toks]).T, ref)
+
+
+def test_visual_run_index_places_each_code_in_its_grid():
+    vocab = Vocabulary(visual_bits=6, audio_levels=0, text_size=16)
+    m = _positions_model(vocab, visual_positions=(2, 2, 3))
+    v, mask = vocab.visual_offset, vocab.id("<mask>")
+    ids = torch.tensor([[1, v, v + 5, mask, 2, v + 1, v + 2, v + 3, v + 4, v + 5, v + 6, v + 7, v + 8, v + 9, v + 10,
+                         v + 11, v + 12, v + 13]])
+    idx, nxt = m.visual_run_index(ids)
+    assert idx.tolist() == [[-1, 0, 1, 2, -1, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]]
+    assert nxt.tolist() == [13]
+    # a continuation picks up where the cache left off; a non-visual token starts over
+    idx2, nxt2 = m.visual_run_index(torch.tensor([[v, 2, v]]), nxt)
+    assert idx2.tolist() == [[13, -1, 0]] and nxt2.tolist() == [1]
+    with torch.no_grad():
+        et, ey, ex = m.vis_pos_emb
+        et.copy_(torch.arange(2.0)[:, None] * 100)
+        ey.copy_(torch.arange(2.0)[:, None] * 10)
+        ex.copy_(torch.arange(3.0)[:, None])
+    e = m.visual_position_embedding(torch.tensor([-1, 0, 4, 6, 11, 13]), torch.float32)[:, 0]
+    # (t, y, x): none, (0,0,0), (0,1,1), (1,0,0), (1,1,2), frames past T share the last: (1,0,1)
+    assert e.tolist() == [0.0, 0.0, 11.0, 100.0, 112.0, 101.0]
+
+
+def test_zero_visual_positions_leave_the_lm_unchanged():
+    """`train.visual_positions` adds zero tables to a trained LM: its outputs do not change."""
+    from videopoet.lm.pretrain import with_visual_positions
+
+    vocab = Vocabulary(visual_bits=6, audio_levels=0, text_size=16)
+    base = _positions_model(vocab)
+    new = with_visual_positions(base, (3, 2, 3)).eval()
+    assert new.cfg.visual_positions == (3, 2, 3) and new.vis_pos_emb is not None
+    s = build_sequence(vocab, "t2v", {"text": torch.tensor([1, 2])}, {"video": (3, 2, 3)})
+    with torch.no_grad():
+        assert torch.equal(new(s.ids[None]), base(s.ids[None]))
+    with pytest.raises(Exception, match="visual_positions"):
+        with_visual_positions(base, (3, 2))

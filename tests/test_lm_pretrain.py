@@ -462,3 +462,27 @@ def test_add_pair_bias_starts_from_the_codes_mutual_information(tmp_path, shards
     save_lm(tmp_path / "plain", plain, vocab)
     with pytest.raises(ConfigError, match="factorized"):
         Pretrainer(cfg(shards, tmp_path / "run3", "train.add_pair_bias=true"), init_from=tmp_path / "plain")
+
+
+def test_visual_positions_are_added_at_zero_and_trained(tmp_path, shards):
+    """train.visual_positions: an LM without visual position embeddings gets them (zero, so the
+    held-out loss is unchanged at step 0), training moves them, and the export keeps them."""
+    from videopoet.lm.model import LMConfig, PrefixLM
+    from videopoet.lm.pretrained import load_lm, save_lm
+    from videopoet.lm.vocab import Vocabulary
+
+    vocab = Vocabulary.load(shards / "vocab.json")
+    torch.manual_seed(0)
+    lm = PrefixLM(LMConfig(vocab_size=vocab.size, d_model=32, n_layers=2, n_heads=4, max_seq_len=1024,
+                           factorized_visual=True, visual_bits=vocab.visual_bits, visual_offset=vocab.visual_offset))
+    save_lm(tmp_path / "src", lm, vocab)
+    before = Pretrainer(cfg(shards, tmp_path / "run0", "train.max_steps=1", "train.eval_every=0"),
+                        init_from=tmp_path / "src").evaluate()
+    tr = Pretrainer(cfg(shards, tmp_path / "run", "train.visual_positions=[2, 4, 4]", "train.max_steps=3",
+                        "train.eval_every=0", "train.lr=0.01"), init_from=tmp_path / "src")
+    assert tr.model.cfg.visual_positions == (2, 4, 4)
+    assert tr.evaluate() == pytest.approx(before, abs=1e-6)
+    tr.fit()
+    back, _ = load_lm(tmp_path / "run" / "model")
+    assert back.cfg.visual_positions == (2, 4, 4)
+    assert all(float(p.detach().abs().max()) > 0 for p in back.vis_pos_emb)  # trained away from zero

@@ -182,3 +182,21 @@ def test_stylize_takes_depth_from_a_local_transformers_model_and_says_which_stru
     assert not torch.equal(with_depth.tokens["structure"], edges.tokens["structure"])
     with pytest.raises(InputError, match="not a directory"):
         pipe.stylize(clip.video, "x", depth_model=str(tmp_path / "nope"))
+
+
+def test_an_lm_without_pipeline_json_samples_with_the_pipelines_settings(pipe, lm_dir, tmp_path):
+    """A training run's export has no pipeline.json: `--lm DIR` then uses the embedded pipeline's
+    sampling settings (guidance, frame-prediction context), not the bare defaults (guidance 1);
+    a pipeline.json beside the LM wins."""
+    import shutil
+
+    from videopoet.assets import asset_dir
+    from videopoet.tasks.pipeline import PIPELINE_NAME, Pipeline
+
+    shipped = json.loads((asset_dir("lm") / PIPELINE_NAME).read_text())
+    assert pipe.settings.guidance == shipped["guidance"] != 1.0
+    assert pipe.settings.context_frames == shipped["context_frames"]
+    own = tmp_path / "lm"
+    shutil.copytree(lm_dir, own)
+    (own / PIPELINE_NAME).write_text(json.dumps({**shipped, "guidance": 4.5}))
+    assert Pipeline.from_pretrained(lm=own, quiet=True).settings.guidance == 4.5

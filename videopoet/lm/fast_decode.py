@@ -103,7 +103,8 @@ def decode_matches_forward(model: PrefixLM, fused: bool, rows: int = 1, atol: fl
     outs = []
     for t in range(3):
         valid = torch.ones(rows, t + 1, dtype=torch.bool, device=w.device)
-        outs.append(decode_step(model, ids[:, t : t + 1], torch.tensor(t, device=w.device), kv, valid, fused=fused))
+        outs.append(decode_step(model, ids[:, t : t + 1], torch.tensor(t, device=w.device), kv, valid, fused=fused,
+                                vis_next=cache.vis_next))
     got = torch.stack(outs, 1)
     ok = bool(torch.allclose(got, ref, atol=atol, rtol=1e-3))
     if not ok:
@@ -165,6 +166,7 @@ def decode_step(
     valid: torch.Tensor,
     logits: bool = False,
     fused: bool | None = None,
+    vis_next: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One token per row at position `pos` -> final hidden state (R, d), or with logits=True the
     logits over the whole vocabulary (R, V); writes k/v at `pos`.
@@ -174,9 +176,17 @@ def decode_step(
     validity of the n = pos + 1 slots the query sees (n is a dynamic dimension when compiled).
     fused: whether to run `decode_layers` (None: `fused_blocks_usable`, which takes ~0.1-0.2 ms of
     Python, so `DecodeStep` decides once per call of `generate`).
+    vis_next (R,) long: the KV cache's visual-run state (`KVCache.vis_next`), required by an LM with
+    visual position embeddings and updated in place.
     """
     R, n = valid.shape
-    x = model.embed(tok)  # (R, 1, d)
+    vis_idx = None
+    if model.vis_pos_emb is not None:
+        if vis_next is None:
+            raise ValueError("decode_step: this LM has visual position embeddings; pass vis_next (KVCache.vis_next)")
+        vis_idx, nxt = model.visual_run_index(tok, vis_next)
+        vis_next.copy_(nxt)
+    x = model.embed(tok, vis_idx)  # (R, 1, d)
     if fused_blocks_usable(model, R) if fused is None else fused:  # the blocks (and head): one C++ call
         head = _fused_head(model) if logits else None
         weights = [
@@ -245,6 +255,7 @@ def sample_steps(
     scale: torch.Tensor,
     how: Sampling,
     fused: bool | None = None,
+    vis_next: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """For each of the K = legal.shape[0] positions pos, ..., pos + K - 1: `decode_step`, then the
     logits, guidance and sampling, the sampled token fed to the next position; in one graph.
@@ -265,7 +276,9 @@ def sample_steps(
     ids = torch.arange(model.cfg.vocab_size, device=tok.device)
     toks, out_logits = [], []
     for j in range(K):
-        logits = decode_step(model, tok[:, None], pos + j, kv, valid[:, : n + j], logits=True, fused=fused)
+        logits = decode_step(
+            model, tok[:, None], pos + j, kv, valid[:, : n + j], logits=True, fused=fused, vis_next=vis_next
+        )
         if how.guided:
             logits = guided_logits(logits[: how.batch], logits[how.batch :], scale)
         lo, hi = legal[j, 0], legal[j, 1]
@@ -312,7 +325,7 @@ class DecodeStep:
         valid = c.key_valid[:, : c.pos + steps]
 
         def call(fn):
-            return fn(self.model, tok, self.pos, c.layers, valid, *rest, fused=self.fused)
+            return fn(self.model, tok, self.pos, c.layers, valid, *rest, fused=self.fused, vis_next=c.vis_next)
 
         eager = decode_step if name == "decode" else sample_steps
         if not self.compile:

@@ -57,6 +57,15 @@ class LMConfig:
     # mutual information; 2,365 of 262,144 codes in use), and sampling the halves independently
     # pairs them into wrong codes (benchmarks/RESULTS.md, session 14)
     visual_pair_bias: bool = False
+    # (T, H, W) of the video tokenizer's latent grid (e.g. (9, 16, 16)); () = off. Adds learned
+    # embeddings of each visual code's latent frame, row and column, E_t[t] + E_y[y] + E_x[x], to its
+    # token embedding. Rotary positions alone give a code only its offset along the flattened
+    # sequence; "the same place one latent frame earlier" is H * W tokens back, and its neighbours
+    # differ from other offsets by one. A code's grid index is its place in its run of consecutive
+    # visual (or <mask>) tokens; frames past T share E_t[T - 1]. Zero at init, so an LM trained
+    # without them starts out unchanged (`train.visual_positions` adds them to one).
+    visual_positions: tuple[int, ...] = ()
+    mask_id: int = 3  # the vocabulary's <mask> id (a masked visual code: part of a visual run)
     tie_embeddings: bool = False
     attention: str = "auto"
     init_std: float = 0.02
@@ -87,6 +96,12 @@ class LMConfig:
                 raise ConfigError("lm: tie_embeddings cannot be combined with factorized_visual")
         elif self.visual_pair_bias:
             raise ConfigError("lm.visual_pair_bias needs factorized_visual")
+        self.visual_positions = tuple(self.visual_positions)
+        if self.visual_positions:
+            if len(self.visual_positions) != 3 or min(self.visual_positions) <= 0:
+                raise ConfigError(f"lm.visual_positions: expected (T, H, W) > 0, got {list(self.visual_positions)}")
+            if self.visual_bits <= 0 or self.visual_offset + (1 << self.visual_bits) > self.vocab_size:
+                raise ConfigError("lm.visual_positions needs visual_bits > 0 and the visual range inside vocab_size")
 
     @property
     def head_dim(self) -> int:
@@ -102,6 +117,7 @@ def lm_config(vocab, model: dict, where: str = "model") -> LMConfig:
             "vocab_size": vocab.size,
             "visual_offset": vocab.visual_offset,
             "visual_bits": vocab.visual_bits,
+            "mask_id": vocab.id("<mask>"),
         },
         where=where,
     )
@@ -142,6 +158,8 @@ class KVCache:
             for _ in range(cfg.n_layers)
         ]
         self.key_valid = torch.ones(batch, max_len, dtype=torch.bool, device=device)
+        # per row: the visual-run index the next token gets if it is a visual code (LMConfig.visual_positions)
+        self.vis_next = torch.zeros(batch, dtype=torch.long, device=device)
         self.has_padding = False
         self.pos = 0
         self.max_len = max_len
@@ -221,6 +239,10 @@ class PrefixLM(nn.Module):
             self.vis_head = nn.Linear(d, (1 << self.hi_bits) + (1 << self.lo_bits), bias=False)
         # B[hi, lo], zero at init (the independent factors); see LMConfig.visual_pair_bias
         self.vis_pair = nn.Parameter(torch.zeros(1 << self.hi_bits, 1 << self.lo_bits)) if cfg.visual_pair_bias else None
+        # E_t, E_y, E_x of LMConfig.visual_positions, zero at init
+        self.vis_pos_emb = (
+            nn.ParameterList(nn.Parameter(torch.zeros(n, d)) for n in cfg.visual_positions) if cfg.visual_positions else None
+        )
         self.text_proj = nn.Linear(cfg.text_embed_dim, d, bias=False) if cfg.text_embed_dim else None
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = nn.RMSNorm(d, eps=cfg.norm_eps)
@@ -234,7 +256,7 @@ class PrefixLM(nn.Module):
     def reset_parameters(self) -> None:
         std = self.cfg.init_std
         for name, p in self.named_parameters():
-            if name == "vis_pair":
+            if name == "vis_pair" or name.startswith("vis_pos_emb"):
                 nn.init.zeros_(p)
             elif p.dim() < 2:
                 nn.init.ones_(p)  # RMSNorm weights
@@ -260,7 +282,41 @@ class PrefixLM(nn.Module):
         return self._backend[1]
 
     # ---- embeddings ------------------------------------------------------------------------------
-    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+    def visual_run_index(self, ids: torch.Tensor, start: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """ids (B, T) -> (index (B, T), next (B,)): each visual code's (or <mask>'s) place in its run
+        of consecutive visual tokens, -1 for other tokens; `start` (B,) is the index the first
+        token gets if it continues a run (a KV cache's `vis_next`; None: 0). `next` is the index
+        the token after the last would get. Static shapes (a cumulative max), so it compiles."""
+        vo = self.cfg.visual_offset
+        body = ((ids >= vo) & (ids < vo + (1 << self.cfg.visual_bits))) | (ids == self.cfg.mask_id)
+        T = ids.shape[1]
+        pos = torch.arange(T, device=ids.device).expand_as(ids)
+        last_break = torch.where(body, -1, pos).cummax(dim=1).values  # the last non-visual token, or -1
+        first = start[:, None] if start is not None else 0
+        idx = torch.where(last_break >= 0, pos - last_break - 1, pos + first)
+        idx = torch.where(body, idx, -1)
+        return idx, torch.where(body[:, -1], idx[:, -1] + 1, 0)
+
+    def visual_position_embedding(self, idx: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """idx (...,) visual-run indices (-1 = not visual) -> E_t[t] + E_y[y] + E_x[x] (..., d), zero
+        where idx < 0."""
+        T, H, W = self.cfg.visual_positions
+        i = idx.clamp(min=0)
+        et, ey, ex = self.vis_pos_emb
+        e = et[(i // (H * W)).clamp(max=T - 1)] + ey[(i // W) % H] + ex[i % W]
+        return (e * (idx >= 0)[..., None]).to(dtype)
+
+    def embed(self, ids: torch.Tensor, vis_idx: torch.Tensor | None = None) -> torch.Tensor:
+        """Token embeddings (B, T, d); with visual_positions, plus the visual position embeddings of
+        vis_idx (B, T) (`visual_run_index`; required then)."""
+        x = self._embed_tokens(ids)
+        if self.vis_pos_emb is not None:
+            if vis_idx is None:
+                raise InputError("embed: this LM has visual position embeddings; pass vis_idx (visual_run_index)")
+            x = x + self.visual_position_embedding(vis_idx, x.dtype)
+        return x
+
+    def _embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
         if not self.n_visual:
             return self.tok_emb(ids)
         vo = self.cfg.visual_offset
@@ -296,7 +352,12 @@ class PrefixLM(nn.Module):
         compiling = torch.compiler.is_compiling()  # no data-dependent Python under torch.compile
         if not compiling:  # (a compiled caller checks its inputs itself: videopoet/lm/train.py)
             check_ids(ids, self.cfg.vocab_size)
-        x = self.embed(ids)
+        vis_idx = None
+        if self.vis_pos_emb is not None:
+            vis_idx, nxt = self.visual_run_index(ids, cache.vis_next if cache is not None else None)
+            if cache is not None:
+                cache.vis_next = nxt
+        x = self.embed(ids, vis_idx)
         if text_embeds is not None:
             if self.text_proj is None:
                 raise InputError("text_embeds: this model has no text projection (text_embed_dim = 0)")

@@ -121,6 +121,9 @@ class PretrainLoopConfig:
     # training items' visual codes (smoothed by pair_bias_alpha counts per pair), and train it
     add_pair_bias: bool = False
     pair_bias_alpha: float = 0.1
+    # with --init-from an LM without visual position embeddings (LMConfig.visual_positions): add them
+    # for this (T, H, W) latent grid, zero at init (the LM starts out unchanged), and train them
+    visual_positions: tuple[int, ...] = ()
 
     def __post_init__(self):
         if self.max_steps < 1 or self.log_every < 1 or self.checkpoint_every < 1 or self.keep_checkpoints < 1:
@@ -441,6 +444,20 @@ def with_pair_bias(model, reader, heldout_items: int, alpha: float):
     return new
 
 
+def with_visual_positions(model, grid: tuple[int, ...]):
+    """A copy of `model` with visual position embeddings for the latent grid (T, H, W) added, zero
+    (so it computes what `model` does); every other weight is kept."""
+    from videopoet.lm.model import PrefixLM
+
+    cfg = dataclasses.replace(model.cfg, visual_positions=tuple(grid))  # validated by LMConfig
+    with torch.device("cpu"):
+        new = PrefixLM(cfg)
+    state = dict(model.state_dict())
+    state.update({k: v for k, v in new.state_dict().items() if k.startswith("vis_pos_emb")})
+    new.load_state_dict(state)
+    return new.train(model.training)
+
+
 def _ckpt_dir_ok(p: Path) -> bool:
     return (p / "state.json").is_file()
 
@@ -496,6 +513,9 @@ class Pretrainer:
         if t.add_pair_bias and init_from is not None and self.model.vis_pair is None:
             self.model = with_pair_bias(self.model, self.reader, d.heldout_items, t.pair_bias_alpha)  # in train mode
             self.fabric.print(f"lm: pair bias added, initialised from the code statistics of {d.shards}")
+        if t.visual_positions and init_from is not None and self.model.vis_pos_emb is None:
+            self.model = with_visual_positions(self.model, t.visual_positions)
+            self.fabric.print(f"lm: visual position embeddings added for the latent grid {list(t.visual_positions)}")
         if t.activation_checkpointing:
             from torch.utils.checkpoint import checkpoint
 

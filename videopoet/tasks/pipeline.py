@@ -132,7 +132,7 @@ class Pipeline:
 
         if path is None:
             dirs = {k: asset_dir(v) for k, v in PARTS.items() if not (k == "lm" and lm is not None)}
-            settings_file = Path(lm or asset_dir("lm")) / PIPELINE_NAME
+            settings_file = asset_dir("lm") / PIPELINE_NAME
         else:
             root = Path(path)
             if not root.is_dir():
@@ -148,6 +148,10 @@ class Pipeline:
             dirs["lm"] = Path(lm)
             if (Path(lm) / PIPELINE_NAME).is_file():
                 settings_file = Path(lm) / PIPELINE_NAME
+            elif settings_file.is_file() and not quiet:
+                # a training run's export has no pipeline.json: sample with the pipeline's defaults
+                # (guidance, frame-prediction context), not the bare Settings() ones
+                print(f"pipeline: {lm} has no {PIPELINE_NAME}; using the settings of {settings_file}", file=sys.stderr)
         settings = Settings()
         if settings_file.is_file():
             from videopoet.config import from_dict
