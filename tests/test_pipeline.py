@@ -200,3 +200,27 @@ def test_an_lm_without_pipeline_json_samples_with_the_pipelines_settings(pipe, l
     shutil.copytree(lm_dir, own)
     (own / PIPELINE_NAME).write_text(json.dumps({**shipped, "guidance": 4.5}))
     assert Pipeline.from_pretrained(lm=own, quiet=True).settings.guidance == 4.5
+
+
+def test_a_task_temperature_replaces_the_default_for_that_task_only(pipe, tmp_path):
+    """Settings.task_temperature: t2i at temperature 0 is greedy (any seed, the same image) while
+    t2v keeps the default and differs by seed; a bad entry in pipeline.json names the file."""
+    from videopoet.config import from_dict
+    from videopoet.errors import ConfigError
+    from videopoet.tasks.pipeline import Settings
+
+    before = pipe.settings.task_temperature
+    try:
+        pipe.settings.task_temperature = {"t2i": 0.0}
+        a, b = pipe.t2i("a red circle", seed=1), pipe.t2i("a red circle", seed=2)
+        assert torch.equal(a.tokens["video"], b.tokens["video"])
+        c, d = pipe.t2v("a red circle", seed=1), pipe.t2v("a red circle", seed=2)
+        assert not torch.equal(c.tokens["video"], d.tokens["video"])
+    finally:
+        pipe.settings.task_temperature = before
+    assert Settings(task_temperature={"inpaint": 0.7}).temperature_for("inpaint") == 0.7
+    assert Settings(task_temperature={"inpaint": 0.7}, temperature=0.9).temperature_for("t2v") == 0.9
+    with pytest.raises(ConfigError, match="pipeline.json.*unknown task 'continue'"):
+        from_dict(Settings, {"task_temperature": {"continue": 0.5}}, where="x/pipeline.json")
+    with pytest.raises(ConfigError, match="task_temperature.inpaint"):
+        from_dict(Settings, {"task_temperature": {"inpaint": -1}}, where="x/pipeline.json")

@@ -48,6 +48,23 @@ class Settings:
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
+    # per LM task (videopoet/lm/tasks.py: "frame_pred" serves continue and extend), a temperature
+    # that replaces `temperature` for it. Tasks that copy most of their output from the input
+    # (inpainting) draw fewer wrong codes cooler (benchmarks/RESULTS.md, session 15)
+    task_temperature: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self):
+        from videopoet.lm.tasks import TASKS
+
+        for task, t in self.task_temperature.items():
+            if task not in TASKS:
+                raise InputError(f"task_temperature: unknown task {task!r} (known: {', '.join(TASKS)})")
+            if not isinstance(t, (int, float)) or isinstance(t, bool) or t < 0:
+                raise InputError(f"task_temperature.{task}: expected a number >= 0, got {t!r}")
+
+    def temperature_for(self, task: str) -> float:
+        """The sampling temperature of LM task `task`."""
+        return float(self.task_temperature.get(task, self.temperature))
 
 
 @dataclass
@@ -340,7 +357,7 @@ class Pipeline:
             g = (float(g), float(g))
         ids = generate(self.lm, make_prompt([seq] * rows, self.vocab.pad_id), uncond=uncond,
                        guidance_scale=g, guidance_ramp=guidance_ramp,
-                       temperature=s.temperature if temperature is None else temperature,
+                       temperature=s.temperature_for(task) if temperature is None else temperature,
                        top_k=s.top_k if top_k is None else top_k, top_p=s.top_p if top_p is None else top_p,
                        seed=seed, progress=progress, pad_id=self.vocab.pad_id, compile=False)
         out = output_codes(self.vocab, seq, ids.cpu())
