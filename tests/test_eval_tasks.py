@@ -71,11 +71,13 @@ def test_drift_of_a_repeated_clip_and_of_a_fading_one(jobs):
 def test_report_writes_markdown_plots_and_every_figure(tmp_path):
     from videopoet.eval.run import write_report
 
-    for name, acc in (("default", 0.8), ("untrained", 0.1)):
+    for name, acc in (("default", 0.8), ("untrained", 0.1), ("cool", 0.6)):
         d = tmp_path / name
         d.mkdir()
-        (d / "scores.json").write_text(json.dumps({"task": "t2v", "model": name, "prompts": "shapes:4:7070", "jobs": 4,
-                                                   "scored": 4, "summary": {"colour_exact": acc, "all_three": acc / 2},
+        (d / "scores.json").write_text(json.dumps({"task": "t2v", "model": "default" if name == "cool" else name,
+                                                   "prompts": "shapes:4:7070", "jobs": 4, "scored": 4,
+                                                   "summary": {"colour_exact": acc, "all_three": acc / 2},
+                                                   "sampling": {"temperature": 0.7} if name == "cool" else {},
                                                    "command": f"videopoet eval run --task t2v --lm {name}"}))
     d = tmp_path / "ext"
     d.mkdir()
@@ -87,9 +89,11 @@ def test_report_writes_markdown_plots_and_every_figure(tmp_path):
     log = tmp_path / "metrics.jsonl"
     log.write_text("\n".join(json.dumps({"step": s, "loss": 3 - s / 100, **({"heldout_t2v": 2.5} if s == 50 else {})})
                              for s in range(0, 100, 10)))
-    md = write_report([tmp_path / "default", tmp_path / "untrained", d], tmp_path / "rep", train_logs=[log])
+    md = write_report([tmp_path / "default", tmp_path / "untrained", tmp_path / "cool", d], tmp_path / "rep",
+                      train_logs=[log])
     text = md.read_text()
     assert "| default | 0.40 | 0.80 |" in text and "| untrained | 0.05 | 0.10 |" in text
+    assert "| default, temperature 0.7 | 0.30 | 0.60 |" in text  # one model at two sampling settings: two rows
     assert "videopoet eval run --task t2v --lm untrained" in text
     for png in ("t2v.png", "drift.png", "loss_1.png"):
         assert (tmp_path / "rep" / png).stat().st_size > 1000

@@ -250,6 +250,8 @@ def write_report(runs: list[str | Path], out: str | Path, *, train_logs: list[st
     by_task: dict[str, list[tuple[str, dict]]] = {}
     for path, r in loaded:
         label = r["model"] + ("" if r["task"] != "extend" else f" (anchor {'on' if r['extend']['anchor'] else 'off'})")
+        # sampling options given on the command line, so that runs of one model at two settings differ
+        label += "".join(f", {k.replace('_', '-')} {v}" for k, v in sorted(r.get("sampling", {}).items()))
         by_task.setdefault(r["task"], []).append((label, r))
         figures["runs"][path] = {"task": r["task"], "model": label, "command": r.get("command"), "summary": r["summary"],
                                  "scored": r["scored"], "jobs": r["jobs"]}
