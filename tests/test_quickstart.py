@@ -39,6 +39,8 @@ def test_quickstart_retrains_the_stack_then_runs_every_task(tmp_path, capsys):
     pipe_dir = models / "pipeline"
     settings = json.loads((pipe_dir / "pipeline.json").read_text())
     assert (settings["frames"], settings["size"], settings["context_frames"]) == (5, 32, 1)
+    # the embedded pipeline's measured sampling defaults carry over
+    assert (settings["guidance"], settings["task_temperature"]) == (2.0, {"frame_pred": 0.7, "i2v": 0.7, "inpaint": 0.7, "outpaint": 0.7})
     index = json.loads((out / "index.json").read_text())
     assert len(index) == 11 and "LM (retrained): 0.2M parameters" in printed
     for name in ("t2v", "i2v", "continue", "inpaint", "outpaint", "stylize", "a2v", "avcont"):

@@ -39,6 +39,7 @@ SCALES: dict[str, dict[str, Any]] = {
 def retrain(out: str | Path, scale: str = "cpu", *, log: Callable[[str], None] = print) -> Path:
     """Train video tokenizer, audio codec, text model and LM from scratch into OUT; return
     OUT/pipeline, a pipeline directory. Stages already finished in OUT are skipped."""
+    from videopoet.assets import asset_dir
     from videopoet.config import load_json, save_json, to_dict
     from videopoet.data.tokenize import tokenize
     from videopoet.errors import InputError
@@ -95,7 +96,11 @@ def retrain(out: str | Path, scale: str = "cpu", *, log: Callable[[str], None] =
     tc = VideoTokenizer.from_pretrained(video_dir).config.temporal_compression
     want = load_json(lm_run / "train_config.json")["data"]["frame_pred_context"]  # what the LM was trained with
     context = min(want, (r["frames"] - 1) // tc)  # as training's frame prediction: at most t - 1 latent frames
-    save_json(to_dict(Settings(frames=r["frames"], size=r["size"], context_frames=context, guidance=2.0)), pipe / PIPELINE_NAME)
+    # the embedded pipeline's measured sampling defaults (guidance 2, cooler frame prediction and in/outpainting)
+    shipped = load_json(asset_dir("lm") / PIPELINE_NAME)
+    settings = Settings(frames=r["frames"], size=r["size"], context_frames=context, guidance=shipped["guidance"],
+                        task_temperature=shipped.get("task_temperature", {}))
+    save_json(to_dict(settings), pipe / PIPELINE_NAME)
     log(f"retrain: the whole stack in {time.time() - t0:.0f} s; pipeline directory {pipe}")
     return pipe
 
