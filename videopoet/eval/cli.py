@@ -29,7 +29,7 @@ def run_cmd(*, task: EvalTask, prompts: str = "shapes:16:7070", out: Path = Path
         seconds: extend: length of each long video
         anchor: extend: the first frame as the anchor of every chunk
         guidance: classifier-free guidance scale (default: the model's pipeline.json)
-        temperature: sampling temperature (default: the model's)
+        temperature: sampling temperature (default: the model's pipeline.json, per task)
         top_k: top-k filtering
         probe_gate: refuse to score when the probes read < 95% of the prompts' ground truth
         probe: attribute readers: hand (the hand-written probes of readback.py), learned (the shipped learned probe, videopoet/assets/probe) or a probe directory

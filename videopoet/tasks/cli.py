@@ -95,7 +95,7 @@ def generate_cmd(task: Task, /, *, prompt: str | None = None, negative_prompt: s
         seed: sampling seed (same seed, same output)
         guidance: classifier-free guidance scale (two values: high and low visual sub-token scales)
         guidance_ramp: ramp the guidance linearly from 1 to its value over the output
-        temperature: sampling temperature (default: the model's pipeline.json)
+        temperature: sampling temperature (default: the model's pipeline.json: task_temperature for this task, else temperature)
         top_k: top-k filtering (0 = off)
         top_p: nucleus filtering (1 = off)
         progress: show a progress bar
