@@ -356,7 +356,7 @@ class PrefixLM(nn.Module):
         if self.vis_pos_emb is not None:
             vis_idx, nxt = self.visual_run_index(ids, cache.vis_next if cache is not None else None)
             if cache is not None:
-                cache.vis_next = nxt
+                cache.vis_next.copy_(nxt)  # in place, as the decoding steps update it
         x = self.embed(ids, vis_idx)
         if text_embeds is not None:
             if self.text_proj is None:

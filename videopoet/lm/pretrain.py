@@ -428,34 +428,30 @@ def pair_pmi(reader, heldout_items: int, hi_bits: int, lo_bits: int, alpha: floa
     return torch.from_numpy(pmi).float()
 
 
+def _extended(model, added: dict, **cfg_changes):
+    """A copy of `model` with its config changed by `cfg_changes` (parameters added), every weight of
+    `model` kept and the added ones set from `added` (the others at their initial values)."""
+    from videopoet.lm.model import PrefixLM
+
+    with torch.device("cpu"):
+        new = PrefixLM(dataclasses.replace(model.cfg, **cfg_changes))  # validated by LMConfig
+    new.load_state_dict({**new.state_dict(), **added, **model.state_dict()})
+    return new.train(model.training)
+
+
 def with_pair_bias(model, reader, heldout_items: int, alpha: float):
     """A copy of `model` (factorized visual head, no pair bias) with the pair bias added and set to
     `pair_pmi` of the reader's training items; every other weight is kept."""
-    from videopoet.lm.model import PrefixLM
-
     if not model.n_visual:
         raise ConfigError("train.add_pair_bias: the LM has no factorized visual head")
-    cfg = dataclasses.replace(model.cfg, visual_pair_bias=True)
-    with torch.device("cpu"):
-        new = PrefixLM(cfg)
-    state = dict(model.state_dict())
-    state["vis_pair"] = pair_pmi(reader, heldout_items, model.hi_bits, model.lo_bits, alpha)
-    new.load_state_dict(state)
-    return new
+    pmi = pair_pmi(reader, heldout_items, model.hi_bits, model.lo_bits, alpha)
+    return _extended(model, {"vis_pair": pmi}, visual_pair_bias=True)
 
 
 def with_visual_positions(model, grid: tuple[int, ...]):
     """A copy of `model` with visual position embeddings for the latent grid (T, H, W) added, zero
     (so it computes what `model` does); every other weight is kept."""
-    from videopoet.lm.model import PrefixLM
-
-    cfg = dataclasses.replace(model.cfg, visual_positions=tuple(grid))  # validated by LMConfig
-    with torch.device("cpu"):
-        new = PrefixLM(cfg)
-    state = dict(model.state_dict())
-    state.update({k: v for k, v in new.state_dict().items() if k.startswith("vis_pos_emb")})
-    new.load_state_dict(state)
-    return new.train(model.training)
+    return _extended(model, {}, visual_positions=tuple(grid))
 
 
 def _ckpt_dir_ok(p: Path) -> bool:
