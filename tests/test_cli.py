@@ -143,3 +143,29 @@ def test_every_command_help_formats(capsys):
         cli.main(["eval", "run", "--help"])
     assert e.value.code == 0
     assert "read < 95% of the" in capsys.readouterr().out
+
+
+def test_an_optional_bool_flag_stays_none_unless_given(capsys):
+    """`bool | None = None` (e.g. --anchor-guidance: unset means the model's pipeline.json): the help
+    claims no on/off default, and the function sees None, True or False."""
+    seen = []
+
+    def opt(*, pick: bool | None = None) -> None:
+        """Optional switch.
+
+        Args:
+            pick: choose it (default: the file's setting)
+        """
+        seen.append(pick)
+
+    cli.command("zz opt")(opt)
+    try:
+        for argv in ([], ["--pick"], ["--no-pick"]):
+            cli.main(["zz", "opt", *argv])
+        assert seen == [None, True, False]
+        with pytest.raises(SystemExit):
+            cli.main(["zz", "opt", "--help"])
+        out = " ".join(capsys.readouterr().out.split())
+        assert "choose it (default: the file's setting)" in out and "(default: off)" not in out
+    finally:
+        del cli._REGISTRY[("zz", "opt")]

@@ -200,6 +200,20 @@ def test_an_lm_without_pipeline_json_samples_with_the_pipelines_settings(pipe, l
     shutil.copytree(lm_dir, own)
     (own / PIPELINE_NAME).write_text(json.dumps({**shipped, "guidance": 4.5}))
     assert Pipeline.from_pretrained(lm=own, quiet=True).settings.guidance == 4.5
+    # a pipeline directory put together by hand, without a pipeline.json of its own: the LM's
+    # pipeline.json, else the embedded one (the bare defaults sampled at guidance 1 and 2 context
+    # frames, which once made a tokenizer candidate look worse at long video than it was)
+    assembled = tmp_path / "assembled"
+    assembled.mkdir()
+    for part in ("video_tokenizer", "audio_tokenizer", "text_spm"):
+        (assembled / part).symlink_to(asset_dir(part))
+    (assembled / "lm").symlink_to(own)
+    assert Pipeline.from_pretrained(assembled, quiet=True).settings.guidance == 4.5
+    (assembled / "lm").unlink()
+    (assembled / "lm").symlink_to(lm_dir)
+    got = Pipeline.from_pretrained(assembled, quiet=True).settings
+    assert (got.guidance, got.context_frames, got.task_temperature) == (shipped["guidance"], shipped["context_frames"],
+                                                                        shipped["task_temperature"])
 
 
 def test_a_task_temperature_replaces_the_default_for_that_task_only(pipe, tmp_path):
@@ -224,3 +238,36 @@ def test_a_task_temperature_replaces_the_default_for_that_task_only(pipe, tmp_pa
         from_dict(Settings, {"task_temperature": {"continue": 0.5}}, where="x/pipeline.json")
     with pytest.raises(ConfigError, match="task_temperature.inpaint"):
         from_dict(Settings, {"task_temperature": {"inpaint": -1}}, where="x/pipeline.json")
+
+
+def test_anchor_guidance_drops_the_anchor_from_the_guidance_branch(pipe, clip, monkeypatch):
+    """Settings.anchor_guidance: continuing with an anchor, the guidance branch loses the anchor as
+    well as the text, so guidance also pulls towards the anchor; without a prompt there is then a
+    branch to guide with (off: none, so the samples differ)."""
+    seen = []
+    real = pipe.generate_codes
+
+    def spy(task, inputs, outputs, **kw):
+        seen.append((sorted(inputs), None if kw.get("uncond_inputs") is None else sorted(kw["uncond_inputs"])))
+        return real(task, inputs, outputs, **kw)
+
+    monkeypatch.setattr(pipe, "generate_codes", spy)
+    anchor = clip.video[:1]
+    on = pipe.continue_video(clip.video, "a circle", anchor=anchor, anchor_guidance=True, guidance=2.0, seed=3)
+    off = pipe.continue_video(clip.video, "a circle", anchor=anchor, anchor_guidance=False, guidance=2.0, seed=3)
+    assert seen == [(["anchor", "context", "text"], ["context"]), (["anchor", "context", "text"], ["anchor", "context"])]
+    assert not torch.equal(on.tokens["video"], off.tokens["video"])
+    seen.clear()
+    a = pipe.continue_video(clip.video, None, anchor=anchor, anchor_guidance=False, guidance=2.0, seed=3)
+    b = pipe.continue_video(clip.video, None, anchor=anchor, anchor_guidance=True, guidance=2.0, seed=3)
+    assert seen == [(["anchor", "context"], None), (["anchor", "context"], ["context"])]
+    assert not torch.equal(a.tokens["video"], b.tokens["video"])
+    # the default comes from pipeline.json's setting
+    before = pipe.settings.anchor_guidance
+    try:
+        pipe.settings.anchor_guidance = True
+        seen.clear()
+        pipe.continue_video(clip.video, None, anchor=anchor, guidance=2.0, seed=3)
+        assert seen == [(["anchor", "context"], ["context"])]
+    finally:
+        pipe.settings.anchor_guidance = before

@@ -135,7 +135,7 @@ def _add_param(parser: argparse.ArgumentParser, p: inspect.Parameter, tp: Any, h
         kwargs["help"] = f"{help_text} (default: {str(p.default).replace('%', '%%')})".strip()
     if tp is bool:
         kwargs["action"] = argparse.BooleanOptionalAction
-        if p.default is not inspect.Parameter.empty:
+        if p.default is not inspect.Parameter.empty and p.default is not None:  # None: the help says
             kwargs["help"] = f"{help_text} (default: {'on' if p.default else 'off'})".strip()
     elif origin is typing.Literal:
         kwargs["choices"] = list(typing.get_args(tp))

@@ -14,7 +14,7 @@ EvalTask = Literal["t2v", "t2i", "i2v", "continue", "inpaint", "outpaint", "styl
 def run_cmd(*, task: EvalTask, prompts: str = "shapes:16:7070", out: Path = Path("eval/run"), model: Path | None = None,
             lm: Path | None = None, name: str | None = None, seed: int = 0, samples: int = 4, seconds: float = 6.0,
             anchor: bool = True, guidance: float | None = None, temperature: float | None = None,
-            top_k: int | None = None, probe_gate: bool = True, probe: str = "hand", progress: bool = True) -> None:
+            top_k: int | None = None, anchor_guidance: bool | None = None, probe_gate: bool = True, probe: str = "hand", progress: bool = True) -> None:
     """Generate from held-out prompts with ground truth and score the outputs (scores.json).
 
     Args:
@@ -31,15 +31,20 @@ def run_cmd(*, task: EvalTask, prompts: str = "shapes:16:7070", out: Path = Path
         guidance: classifier-free guidance scale (default: the model's pipeline.json)
         temperature: sampling temperature (default: the model's pipeline.json, per task)
         top_k: top-k filtering
+        anchor_guidance: extend: the guidance branch drops the anchor as well as the text (default: the model's pipeline.json)
         probe_gate: refuse to score when the probes read < 95% of the prompts' ground truth
         probe: attribute readers: hand (the hand-written probes of readback.py), learned (the shipped learned probe, videopoet/assets/probe) or a probe directory
         progress: print progress
     """
+    from videopoet.errors import InputError
     from videopoet.eval.run import command_line, eval_run
     from videopoet.tasks.pipeline import Pipeline
 
+    if anchor_guidance is not None and task != "extend":
+        raise InputError(f"--anchor-guidance: applies to --task extend only, not {task}")
     pipe = Pipeline.from_pretrained(model, lm=lm, quiet=True)
-    gen = {k: v for k, v in dict(guidance=guidance, temperature=temperature, top_k=top_k).items() if v is not None}
+    gen = {k: v for k, v in dict(guidance=guidance, temperature=temperature, top_k=top_k,
+                                 anchor_guidance=anchor_guidance).items() if v is not None}
     label = name or (Path(lm).name if lm else (Path(model).name if model else "default"))
     r = eval_run(pipe, task, prompts, out, model_name=label, seed=seed, samples=samples, seconds=seconds, anchor=anchor,
                  command=command_line(), progress=progress, probe_gate=probe_gate, probe=probe, **gen)

@@ -23,6 +23,10 @@ def _call(pipe, task: str, job: dict, sampling: dict):
     from videopoet.errors import InputError
 
     kw = dict(sampling)
+    if job.get("anchor_guidance") is not None:
+        if task != "continue":
+            raise InputError(f"--anchor-guidance: applies to continue and extend, not {task}")
+        kw["anchor_guidance"] = bool(job["anchor_guidance"])
     for key in ("seed", "temperature", "top_k", "top_p", "guidance", "guidance_ramp"):
         if job.get(key) is not None:
             kw[key] = job[key]
@@ -60,7 +64,7 @@ def generate_cmd(task: Task, /, *, prompt: str | None = None, negative_prompt: s
                  image: Path | None = None, video: Path | None = None, audio: Path | None = None,
                  structure: Path | None = None, depth_model: Path | None = None, box: list[int] | None = None,
                  margins: list[int] | None = None, seconds: float = 6.0, anchor: bool = True,
-                 prompts: Path | None = None, out: Path = Path("out/generated.mp4"), model: Path | None = None,
+                 anchor_guidance: bool | None = None, prompts: Path | None = None, out: Path = Path("out/generated.mp4"), model: Path | None = None,
                  lm: Path | None = None, seed: int = 0, guidance: list[float] | None = None, guidance_ramp: bool = False,
                  temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
                  progress: bool = True) -> None:
@@ -88,6 +92,7 @@ def generate_cmd(task: Task, /, *, prompt: str | None = None, negative_prompt: s
         margins: outpaint borders TOP RIGHT BOTTOM LEFT in output pixels (default: fit a non-square input)
         seconds: extend: length of the whole output
         anchor: extend: give the first frame as the anchor of every chunk (drift control)
+        anchor_guidance: extend, continue --image: the guidance branch drops the anchor as well as the text (default: the model's pipeline.json)
         prompts: a JSONL file of jobs (batch)
         out: output file (.mp4, .png for t2i, .wav for v2a audio alone); a folder with --prompts
         model: a pipeline directory (default: the embedded models)
@@ -119,12 +124,13 @@ def generate_cmd(task: Task, /, *, prompt: str | None = None, negative_prompt: s
         if prompts is not None:
             raise InputError("extend: one video at a time (no --prompts)")
         g = {} if guidance is None else {"guidance": guidance[0]}
-        extend(pipe, video, seconds, out, prompt=prompt, anchor=anchor, seed=seed, keep=False, **g, **sampling)
+        extend(pipe, video, seconds, out, prompt=prompt, anchor=anchor, seed=seed, keep=False,
+               anchor_guidance=anchor_guidance, **g, **sampling)
         print(f"wrote {out} ({seconds:g} s)")
         return
     flags = dict(prompt=prompt, negative_prompt=negative_prompt, image=image, video=video, audio=audio,
                  structure=structure, depth_model=depth_model, box=box, margins=margins, seed=seed,
-                 guidance=guidance, guidance_ramp=guidance_ramp or None)
+                 guidance=guidance, guidance_ramp=guidance_ramp or None, anchor_guidance=anchor_guidance)
     if prompts is None:
         r = _call(pipe, task, flags, sampling)
         path = r.save(_out_name(out, r))

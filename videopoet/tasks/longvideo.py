@@ -28,7 +28,7 @@ from videopoet.errors import InputError
 
 
 def extend_chunks(pipe, video: Any, seconds: float, *, prompt: str | None = None, anchor: bool = True,
-                  seed: int | None = 0, **kw) -> Iterator[np.ndarray]:
+                  seed: int | None = 0, anchor_guidance: bool | None = None, **kw) -> Iterator[np.ndarray]:
     """Yield uint8 (n, H, W, 3) frame chunks: first the input video, then each continuation, until
     `seconds` of video have been yielded in all (the input counts; the last chunk is cut)."""
     s = pipe.settings
@@ -48,7 +48,8 @@ def extend_chunks(pipe, video: Any, seconds: float, *, prompt: str | None = None
     while done < target:
         ctx = pipe.encode_video(tail)
         new_codes, _ = pipe._continue_codes(ctx, text, anchor_codes, notes, None,
-                                            None if seed is None else seed + step, dict(kw))
+                                            None if seed is None else seed + step, dict(kw),
+                                            anchor_guidance=anchor_guidance)
         frames = pipe.decode_video(torch.cat([ctx, new_codes]))[n_ctx : s.frames][: target - done]
         yield frames
         done += len(frames)

@@ -52,6 +52,9 @@ class Settings:
     # that replaces `temperature` for it. Tasks that copy most of their output from the input
     # (inpainting) draw fewer wrong codes cooler (benchmarks/RESULTS.md, session 15)
     task_temperature: dict[str, float] = field(default_factory=dict)
+    # frame prediction with an anchor frame (continue --image, extend): the guidance branch drops
+    # the anchor as well as the text, so guidance pulls the new frames towards the anchor's content
+    anchor_guidance: bool = False
 
     def __post_init__(self):
         from videopoet.lm.tasks import TASKS
@@ -161,6 +164,13 @@ class Pipeline:
             if missing:
                 raise VideoPoetError(f"{root}: not a pipeline directory ({', '.join(missing)} missing)")
             settings_file = root / PIPELINE_NAME
+            if not settings_file.is_file():
+                # a directory put together by hand (the parts of videopoet/assets keep pipeline.json
+                # beside the LM): the LM's settings, else the embedded ones, never the bare Settings()
+                found = dirs["lm"] / PIPELINE_NAME
+                settings_file = found if found.is_file() else asset_dir("lm") / PIPELINE_NAME
+                if not quiet:
+                    print(f"pipeline: {root} has no {PIPELINE_NAME}; using the settings of {settings_file}", file=sys.stderr)
         if lm is not None:
             dirs["lm"] = Path(lm)
             if (Path(lm) / PIPELINE_NAME).is_file():
@@ -425,9 +435,11 @@ class Pipeline:
         return self._result("i2v", codes["video"], None, prompt=prompt, seed=seed, notes=notes)
 
     def continue_video(self, video: Any, prompt: str | None = None, *, anchor: Any = None,
-                       negative_prompt: str | None = None, seed: int | None = 0, **kw) -> Result:
+                       negative_prompt: str | None = None, seed: int | None = 0, anchor_guidance: bool | None = None,
+                       **kw) -> Result:
         """The first `context_frames` latent frames of a video (+ text, + an anchor image) -> the
-        clip's following latent frames; the result is the context frames followed by the new ones."""
+        clip's following latent frames; the result is the context frames followed by the new ones.
+        anchor_guidance: the guidance branch drops the anchor too (None: pipeline.json's setting)."""
         notes: list[str] = []
         k = self.settings.context_frames
         n_ctx = 1 + (k - 1) * self.vt.config.temporal_compression
@@ -437,12 +449,15 @@ class Pipeline:
         if len(v) > n_ctx:
             _note(notes, f"video: its first {n_ctx} frames are the context ({len(v)} given)", self.quiet)
         ctx = self.encode_video(v[:n_ctx])
-        codes, used = self._continue_codes(ctx, self._text(prompt), anchor, notes, negative_prompt, seed, kw)
+        codes, used = self._continue_codes(ctx, self._text(prompt), anchor, notes, negative_prompt, seed, kw,
+                                           anchor_guidance=anchor_guidance)
         full = torch.cat([ctx, codes])
         return self._result("continue", full, None, prompt=prompt, seed=seed, notes=notes, tokens={"context": ctx, **used})
 
-    def _continue_codes(self, ctx, text, anchor, notes, negative_prompt, seed, kw):
+    def _continue_codes(self, ctx, text, anchor, notes, negative_prompt, seed, kw, anchor_guidance=None):
         inputs: dict[str, torch.Tensor] = {"context": ctx}
+        if anchor_guidance is None:
+            anchor_guidance = self.settings.anchor_guidance
         used = {}
         if anchor is not None:
             a = anchor if torch.is_tensor(anchor) else self.encode_video(self._video(anchor, "anchor", notes)[:1])[:1]
@@ -451,8 +466,9 @@ class Pipeline:
         if text is not None:
             inputs["text"] = text
         t = self.latent[0] - ctx.shape[0]
+        drop = ("text", "anchor") if anchor_guidance else ("text",)
         out = self.generate_codes("frame_pred", inputs, {"video": (t, *self.latent[1:])}, frames=self.settings.frames,
-                                  uncond_inputs=self._guided(inputs, ("text",), negative_prompt),
+                                  uncond_inputs=self._guided(inputs, drop, negative_prompt),
                                   seed=seed, **kw)
         return out["video"], used
 

@@ -44,9 +44,16 @@ class TokenizerLossConfig:
     lecam_decay: float = 0.999
     perceptual_weight: float = 0.0
     perceptual_weights: str | None = None  # path to VGG16 weights (safetensors); required if weight > 0
+    # Re-encoding consistency: the encoder, run again on the reconstruction, should give the same
+    # bits (a logistic loss on each re-encoded latent against its code bit's sign). Chained long
+    # video re-encodes decoded frames chunk after chunk; a round trip that changes codes compounds
+    # (benchmarks/RESULTS.md, session 16). Meant for decoder fine-tuning (train.trainable=decoder).
+    cycle_weight: float = 0.0
+    cycle_scale: float = 2.0  # the logistic's slope on the latent
 
     def __post_init__(self):
-        for name in ("recon_weight", "entropy_weight", "commitment_weight", "gan_weight", "lecam_weight", "perceptual_weight"):
+        for name in ("recon_weight", "entropy_weight", "commitment_weight", "gan_weight", "lecam_weight", "perceptual_weight",
+                     "cycle_weight", "cycle_scale"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.disc_start < 0 or self.disc_ramp < 0:

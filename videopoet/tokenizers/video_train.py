@@ -406,6 +406,11 @@ class TokenizerTrainer:
             total_rec = total_rec + lc.perceptual_weight * self.perceptual(rec, x)
         lfq = lc.entropy_weight * (out.per_sample_entropy - lc.diversity_gamma * out.batch_entropy)
         loss = total_rec + lfq + lc.commitment_weight * out.commitment
+        cyc_logs = {}
+        if lc.cycle_weight > 0:
+            cyc, agree = self._cycle(rec, out.codes)
+            loss = loss + lc.cycle_weight * cyc
+            cyc_logs = {"cycle": float(cyc.detach()), "cycle_bits": agree}
         w = gan_weight(lc, self.step)
         gl = torch.zeros(())
         if w > 0:
@@ -424,7 +429,7 @@ class TokenizerTrainer:
         logs = {
             "loss": float(loss.detach()), "rec": float(rec_loss.detach()), "psnr": psnr(x, rec.detach()),
             "ent": float(out.per_sample_entropy.detach()), "batch_ent": float(out.batch_entropy.detach()),
-            "commit": float(out.commitment.detach()), "g": float(gl.detach()), "gan_w": float(w),
+            "commit": float(out.commitment.detach()), "g": float(gl.detach()), "gan_w": float(w), **cyc_logs,
         }
         if lc.use_gan and self.step >= lc.disc_start:
             for g in self.opt_d.param_groups:
@@ -439,6 +444,16 @@ class TokenizerTrainer:
             logs.update(d=float(dl.detach()), lecam=float(lecam.detach()))
         self.step += 1
         return logs
+
+    def _cycle(self, rec: torch.Tensor, codes: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """Re-encoding consistency (TokenizerLossConfig.cycle_weight): the encoder's latent of the
+        reconstruction, clamped to the pixel range as decoding does, against the sign of every code
+        bit: mean softplus(-scale * bit * latent); and the share of bits the round trip keeps."""
+        lc = self.cfg.loss
+        bits = self.model.quantizer.codes_to_latent(codes).sign().detach()
+        z = self.model.encoder(rec.clamp(-1, 1)).float()
+        loss = F.softplus(-lc.cycle_scale * bits * z).mean()
+        return loss, float(((z > 0) == (bits > 0)).float().mean())
 
     @torch.no_grad()
     def _update_ema(self) -> None:
