@@ -101,6 +101,22 @@ def test_report_writes_markdown_plots_and_every_figure(tmp_path):
     assert fig["tasks"]["t2v"]["default"]["colour_exact"] == 0.8 and fig["drift"]["default (anchor on)"]["flicker_seam"] == 3.0
 
 
+def test_report_marks_runs_made_on_other_prompts(tmp_path):
+    """Runs of one task on two prompt sets: each row says which set it is (the header names one)."""
+    from videopoet.eval.run import write_report
+
+    for name, prompts, acc in (("a", "shapes:12:7070", 0.5), ("b", "shapes:48:7171", 0.25)):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "scores.json").write_text(json.dumps({"task": "t2i", "model": name, "prompts": prompts, "jobs": 4,
+                                                   "scored": 4, "summary": {"colour_exact": acc}, "command": name}))
+    text = write_report([tmp_path / "a", tmp_path / "b"], tmp_path / "rep").read_text()
+    assert "| a [shapes:12:7070] | 0.50 |" in text and "| b [shapes:48:7171] | 0.25 |" in text
+    assert "rows marked [...] ran on other prompts" in text
+    fig = json.loads((tmp_path / "rep" / "figures.json").read_text())
+    assert fig["tasks"]["t2i"]["b [shapes:48:7171]"]["colour_exact"] == 0.25
+
+
 def test_the_in_domain_frechet_distance_is_zero_for_the_same_clips_and_grows_with_damage(jobs):
     from videopoet.eval.tasks_eval import fd_probe, probe_features
 

@@ -259,7 +259,11 @@ def write_report(runs: list[str | Path], out: str | Path, *, train_logs: list[st
         if task == "extend":
             continue
         metrics = sorted({k for _, r in rs for k, v in r["summary"].items() if isinstance(v, float)})
-        lines += [f"## {task}", "", f"Prompts: `{rs[0][1]['prompts']}` ({rs[0][1]['jobs']} held-out clips).", ""]
+        prompt_sets = sorted({r["prompts"] for _, r in rs})
+        if len(prompt_sets) > 1:  # runs on other prompts say which in their row (the ceilings are the first set's)
+            rs = [(f"{label} [{r['prompts']}]", r) for label, r in rs]
+        lines += [f"## {task}", "", f"Prompts: `{rs[0][1]['prompts']}` ({rs[0][1]['jobs']} held-out clips)"
+                  + ("; rows marked [...] ran on other prompts" if len(prompt_sets) > 1 else "") + ".", ""]
         lines += ["| model | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
         table = {}
         for label, r in rs:
