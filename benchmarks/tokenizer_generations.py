@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def generations(model, clips: list, attributes: list[dict], n: int) -> dict[str, list[float]]:
     from videopoet.data.media import tensor_to_video, video_to_tensor
     from videopoet.eval.readback import video_readback_agreement
+    from videopoet.eval.tasks_eval import _psnr  # the uint8-frame PSNR the drift measures use
 
     out: dict[str, list[float]] = {"codes_kept": [], "psnr": [], "agree_colour": [], "agree_shape": [],
                                    "agree_direction": [], "agree_all": []}
@@ -43,8 +44,7 @@ def generations(model, clips: list, attributes: list[dict], n: int) -> dict[str,
         if prev_codes is not None:
             out["codes_kept"].append(float(np.mean([(a == b).float().mean().item() for a, b in zip(prev_codes, codes, strict=True)])))
         prev_codes = codes
-        mse = [np.mean((f.astype(np.float64) - o.astype(np.float64)) ** 2) for f, o in zip(frames, clips, strict=True)]
-        out["psnr"].append(float(np.mean([10 * np.log10(255.0**2 / max(m, 1e-10)) for m in mse])))
+        out["psnr"].append(float(np.mean([_psnr(f, o) for f, o in zip(frames, clips, strict=True)])))
         rb = video_readback_agreement(clips, frames, attributes)
         for k in ("agree_colour", "agree_shape", "agree_direction", "agree_all"):
             out[k].append(rb[k])
