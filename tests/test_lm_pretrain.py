@@ -486,3 +486,76 @@ def test_visual_positions_are_added_at_zero_and_trained(tmp_path, shards):
     back, _ = load_lm(tmp_path / "run" / "model")
     assert back.cfg.visual_positions == (2, 4, 4)
     assert all(float(p.detach().abs().max()) > 0 for p in back.vis_pos_emb)  # trained away from zero
+
+
+def test_motion_weight_weighs_the_first_moving_frames_of_t2v_and_i2v_only(tmp_path, shards):
+    """data.motion_weight: the tokens of output latent frames 1 .. motion_frames carry the weight in
+    t2v and i2v (1 elsewhere and in every other task); the training loss is the weighted mean and
+    the held-out NLL stays unweighted."""
+    from videopoet.lm.pretrain import PretrainDataConfig, build_example, collate_examples
+    from videopoet.lm.train import masked_lm_loss
+    from videopoet.lm.vocab import Vocabulary
+
+    t = Pretrainer(cfg(shards, tmp_path / "w", "data.tasks={t2v: 1.0, i2v: 1.0, t2i: 1.0}", "data.motion_weight=4",
+                       "data.motion_frames=2", "train.max_steps=1", "train.eval_every=0"))
+    vocab: Vocabulary = t.vocab
+    bucket = next(b for b in t.reader.buckets if t.reader.item(b, 0)["visual"].shape[0] >= 2)
+    item = t.reader.item(bucket, 0)
+    nt = item["visual"].shape[0]
+    end = min(3, nt)  # frames 1 .. 2, as far as the clip goes
+    for task in ("t2v", "i2v"):
+        seq = build_example(vocab, task, item, np.random.default_rng(0), t.cfg.data, {"first_frame": True})
+        (out,) = seq.outputs
+        per = out.length // nt
+        w = seq.loss_weight
+        assert w is not None and w.shape == seq.ids.shape
+        assert torch.all(w[out.start + per : out.start + end * per] == 4)  # latent frames 1 and 2
+        assert torch.all(w[: out.start + per] == 1) and torch.all(w[out.start + end * per :] == 1)
+        assert int((w == 4).sum()) == (end - 1) * per
+    assert build_example(vocab, "t2i", item, np.random.default_rng(0), t.cfg.data).loss_weight is None
+    plain = build_example(vocab, "t2v", item, np.random.default_rng(0), PretrainDataConfig(tasks={"t2v": 1.0}))
+    assert plain.loss_weight is None  # weight 1: no weights at all
+    with pytest.raises(ConfigError, match="motion_weight"):
+        PretrainDataConfig(motion_weight=0)
+
+    seqs = [build_example(vocab, "t2v", t.reader.item(bucket, i), np.random.default_rng(i), t.cfg.data) for i in range(2)]
+    b = collate_examples(seqs, vocab.pad_id)
+    assert b.loss_weight is not None and torch.equal(b.loss_weight > 0, b.loss_mask)
+    torch.manual_seed(0)
+    h = t.model(b.ids, prefix_len=b.prefix_len)
+    nll = t.model.token_nll(h[:, :-1].flatten(0, 1), b.ids[:, 1:].flatten(), dense=True).view(2, -1)
+    wt = b.loss_weight[:, 1:]
+    expect = float((nll * wt).sum() / wt.sum())
+    assert float(masked_lm_loss(t.model, h, b.ids, b.loss_weight)) == pytest.approx(expect, rel=1e-5)
+    m = t.fit()
+    assert t.step == 1 and np.isfinite(m["loss"])
+
+
+def test_grow_layers_adds_identity_blocks_and_trains(tmp_path, shards):
+    """train.grow_layers: the grown LM computes what the given one does (the added blocks copy the
+    block before them with zeroed output projections), then trains; the export has the new depth."""
+    from videopoet.lm.pretrain import grow_layer_map, with_more_layers
+    from videopoet.lm.pretrained import load_lm
+
+    assert grow_layer_map(6, 10) == [0, 0, 1, 2, 2, 3, 3, 4, 5, 5]
+    assert grow_layer_map(2, 7) == [0, 0, 0, 0, 1, 1, 1] and grow_layer_map(3, 3) == [0, 1, 2]
+    a = Pretrainer(cfg(shards, tmp_path / "a", "train.max_steps=3", "train.eval_every=0"))
+    a.fit()
+    src = a.export()
+    m, _ = load_lm(src)
+    m.eval()
+    g = with_more_layers(m, m.cfg.n_layers + 2).eval()
+    assert g.cfg.n_layers == m.cfg.n_layers + 2
+    ids = torch.randint(0, 300, (2, 40))
+    with torch.no_grad():
+        torch.testing.assert_close(g(ids, prefix_len=torch.tensor([5, 9])), m(ids, prefix_len=torch.tensor([5, 9])))
+    assert float(g.layers[1].attn.wo.weight.abs().sum()) == 0 and torch.equal(g.layers[1].attn.wqkv.weight, m.layers[0].attn.wqkv.weight)
+    with pytest.raises(ConfigError, match="grow_layers"):
+        with_more_layers(m, m.cfg.n_layers)
+    b = Pretrainer(cfg(shards, tmp_path / "b", f"train.grow_layers={m.cfg.n_layers + 2}", "train.max_steps=2",
+                       "train.eval_every=0"), init_from=src)
+    assert b.model.cfg.n_layers == m.cfg.n_layers + 2
+    b.fit()
+    assert float(b.model.layers[1].attn.wo.weight.abs().sum()) > 0  # the added block trains
+    grown, _ = load_lm(b.export())
+    assert grown.cfg.n_layers == m.cfg.n_layers + 2

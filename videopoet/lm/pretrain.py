@@ -45,6 +45,7 @@ from videopoet.lm.vocab import Vocabulary
 
 AUDIO_TASKS = {"v2a", "a2v", "avcont"}
 IMAGE_TASKS = {"t2i"}
+MOTION_TASKS = {"t2v", "i2v"}  # the caption names a motion that starts at output frame 1
 SHORT = "#short"  # the group-name suffix of t2v's short-clip variant (data.t2v_short_frames)
 
 
@@ -75,6 +76,13 @@ class PretrainDataConfig:
     # caption's colour, shape and first motion show; 0 = whole clips only.
     t2v_short_frames: int = 0
     t2v_short_share: float = 0.5
+    # t2v and i2v: the loss on the output codes of latent frames 1 .. motion_frames (the first
+    # that show the motion the caption names; frame 0 shows none, and later frames continue what
+    # the earlier ones show, so only these need the caption's direction) is weighted by
+    # motion_weight. A weight by position, not by the target, so it does not bias what the model
+    # samples (as the removed changed-code weight did); held-out NLL stays unweighted. 1 = off.
+    motion_weight: float = 1.0
+    motion_frames: int = 1
 
     def __post_init__(self):
         unknown = sorted(set(self.tasks) - set(TASKS))
@@ -88,6 +96,8 @@ class PretrainDataConfig:
             raise ConfigError("data: text_dropout in [0, 1], tokens_per_step >= 1, heldout_items >= 0")
         if self.t2v_short_frames < 0 or not 0 <= self.t2v_short_share <= 1:
             raise ConfigError("data: t2v_short_frames >= 0 (0 = off) and t2v_short_share in [0, 1]")
+        if not self.motion_weight > 0 or self.motion_frames < 1:
+            raise ConfigError("data: motion_weight > 0 (1 = off) and motion_frames >= 1")
 
 
 @dataclass
@@ -124,6 +134,11 @@ class PretrainLoopConfig:
     # with --init-from an LM without visual position embeddings (LMConfig.visual_positions): add them
     # for this (T, H, W) latent grid, zero at init (the LM starts out unchanged), and train them
     visual_positions: tuple[int, ...] = ()
+    # with --init-from: grow the LM to this many layers (0 = as it is). The new blocks are copies of
+    # the block before them with their output projections (attention wo, MLP w2) zeroed, so the
+    # grown LM computes what the given one does and training starts from there (LLaMA Pro's block
+    # expansion); they are spread evenly between the old ones.
+    grow_layers: int = 0
 
     def __post_init__(self):
         if self.max_steps < 1 or self.log_every < 1 or self.checkpoint_every < 1 or self.keep_checkpoints < 1:
@@ -229,7 +244,21 @@ def build_example(vocab: Vocabulary, task: str, item: dict[str, Any], rng: np.ra
     res = f"{meta['height']}x{meta['width']}" if "height" in meta else None
     res = res if res and vocab.has(f"<res:{res}>") else None
     frames = frames if frames is not None and vocab.has(f"<frames:{frames}>") else None
-    return build_sequence(vocab, task, ins, outs, res=res, frames=frames)
+    seq = build_sequence(vocab, task, ins, outs, res=res, frames=frames)
+    if cfg.motion_weight != 1 and task in MOTION_TASKS:
+        seq.loss_weight = motion_loss_weight(seq, cfg.motion_weight, cfg.motion_frames)
+    return seq
+
+
+def motion_loss_weight(seq: Sequence, weight: float, frames: int) -> torch.Tensor:
+    """(T,) loss weights: `weight` on the tokens of the output video's latent frames 1 .. `frames`,
+    1 elsewhere (PretrainDataConfig.motion_weight)."""
+    w = torch.ones(len(seq))
+    for s in seq.outputs:
+        if s.modality == "visual" and len(s.shape) == 3 and s.shape[0] > 1:
+            per_frame = s.length // s.shape[0]  # tokens per latent frame (2 per code when factorized)
+            w[s.start + per_frame : s.start + per_frame * min(1 + frames, s.shape[0])] = weight
+    return w
 
 
 # ----------------------------------------------------------------------------------------- sampler
@@ -341,6 +370,7 @@ class TrainBatch:
     padding: float
     text_embeds: torch.Tensor | None = None  # (B, N, D) in embedding mode
     text_positions: torch.Tensor | None = None  # (B, N), -1 = none
+    loss_weight: torch.Tensor | None = None  # (B, T) float training weights (data.motion_weight)
 
 
 def collate_examples(seqs: list[Sequence], pad_id: int) -> TrainBatch:
@@ -349,7 +379,7 @@ def collate_examples(seqs: list[Sequence], pad_id: int) -> TrainBatch:
     key_valid = torch.arange(b.ids.shape[1])[None] < lengths[:, None]
     real = int(lengths.sum())
     return TrainBatch(b.ids, b.prefix_len, b.loss_mask, key_valid, seqs[0].task, real, 1 - real / b.ids.numel(),
-                      b.text_embeds, b.text_positions)
+                      b.text_embeds, b.text_positions, b.loss_weight)
 
 
 def unigram_baselines(reader, train_n: dict[str, int], heldout: dict[str, tuple[int, int]]) -> dict[str, float]:
@@ -448,6 +478,43 @@ def with_pair_bias(model, reader, heldout_items: int, alpha: float):
     return _extended(model, {"vis_pair": pmi}, visual_pair_bias=True)
 
 
+def grow_layer_map(old: int, new: int) -> list[int]:
+    """For each of the `new` layers, the old layer it starts from (LMConfig.n_layers `old` -> `new`);
+    a layer equal to the one before it in the list is an added block. Added blocks are spread
+    evenly: after old layers ((k + 1) * old // extra - 1), or round-robin when there are more
+    added blocks than old ones."""
+    extra = new - old
+    counts = [0] * old
+    for k in range(max(0, extra)):
+        counts[(k + 1) * old // extra - 1 if extra <= old else k % old] += 1
+    return [i for i in range(old) for _ in range(1 + counts[i])]
+
+
+def with_more_layers(model, n_layers: int):
+    """A copy of `model` with `n_layers` blocks (PretrainLoopConfig.grow_layers): the added blocks
+    copy the block before them with wo and w2 zeroed, so the copy computes what `model` does."""
+    old = model.cfg.n_layers
+    if n_layers <= old:
+        raise ConfigError(f"train.grow_layers: {n_layers} must exceed the LM's {old} layers")
+    src = grow_layer_map(old, n_layers)
+    sd = model.state_dict()
+    blocks = {}
+    for j, i in enumerate(src):
+        added = j > 0 and src[j - 1] == i
+        for k, v in sd.items():
+            if k.startswith(f"layers.{i}."):
+                name = k[len(f"layers.{i}.") :]
+                zero = added and name in ("attn.wo.weight", "mlp.w2.weight")
+                blocks[f"layers.{j}.{name}"] = torch.zeros_like(v) if zero else v.clone()
+    rest = {k: v for k, v in sd.items() if not k.startswith("layers.")}
+    from videopoet.lm.model import PrefixLM
+
+    with torch.device("cpu"):
+        new = PrefixLM(dataclasses.replace(model.cfg, n_layers=n_layers))
+    new.load_state_dict({**rest, **blocks})
+    return new.train(model.training)
+
+
 def with_visual_positions(model, grid: tuple[int, ...]):
     """A copy of `model` with visual position embeddings for the latent grid (T, H, W) added, zero
     (so it computes what `model` does); every other weight is kept."""
@@ -512,6 +579,10 @@ class Pretrainer:
         if t.visual_positions and init_from is not None and self.model.vis_pos_emb is None:
             self.model = with_visual_positions(self.model, t.visual_positions)
             self.fabric.print(f"lm: visual position embeddings added for the latent grid {list(t.visual_positions)}")
+        if t.grow_layers and init_from is not None and self.model.cfg.n_layers != t.grow_layers:
+            n0 = self.model.cfg.n_layers
+            self.model = with_more_layers(self.model, t.grow_layers)
+            self.fabric.print(f"lm: grown from {n0} to {t.grow_layers} layers (added blocks start as the identity)")
         if t.activation_checkpointing:
             from torch.utils.checkpoint import checkpoint
 
@@ -609,7 +680,8 @@ class Pretrainer:
         start = int(lm[:, 1:].any(0).to(torch.uint8).argmax())
         emb = None if b.text_embeds is None else b.text_embeds.to(dev)
         pos = None if b.text_positions is None else b.text_positions.to(dev)
-        loss = self.loss_fn(self.model_f, ids, pl, None if bool(kv.all()) else kv, lm, start, emb, pos)
+        target = lm if b.loss_weight is None else b.loss_weight.to(dev)  # masked_lm_loss weighs by either
+        loss = self.loss_fn(self.model_f, ids, pl, None if bool(kv.all()) else kv, target, start, emb, pos)
         finite = torch.isfinite(loss.detach())
         self.opt.zero_grad(set_to_none=True)
         grad_norm = float("nan")

@@ -68,6 +68,7 @@ class Sequence:
     text_embeds: torch.Tensor | None = None  # (n, D)
     text_positions: torch.Tensor | None = None  # (n,) long
     known: torch.Tensor | None = None  # (T,) bool: output codes given (pinned) rather than to generate
+    loss_weight: torch.Tensor | None = None  # (T,) float: training weight of each target (None = 1)
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
@@ -375,11 +376,13 @@ class Batch:
     modality: torch.Tensor  # (B, T)
     text_embeds: torch.Tensor | None = None  # (B, N, D)
     text_positions: torch.Tensor | None = None  # (B, N), -1 = none
+    loss_weight: torch.Tensor | None = None  # (B, T) float, where any sequence has weights (padding: 0)
 
 
 def collate(seqs: list[Sequence], pad_id: int, pad_to: int | None = None) -> Batch:
     """Right-pad sequences into a training batch. Padding sits after every real token, so causal
-    outputs never see it and the prefix never reaches it; the loss mask is False there."""
+    outputs never see it and the prefix never reaches it; the loss mask is False there. The loss
+    weights are stacked (1 where a sequence has none) when any sequence has them."""
     T = max(len(s) for s in seqs) if pad_to is None else pad_to
     B = len(seqs)
     ids = torch.full((B, T), pad_id, dtype=torch.long)
@@ -391,9 +394,15 @@ def collate(seqs: list[Sequence], pad_id: int, pad_to: int | None = None) -> Bat
         ids[b, : len(s)] = s.ids
         loss[b, : len(s)] = s.loss_mask
         mod[b, : len(s)] = s.modality
+    weight = None
+    if any(s.loss_weight is not None for s in seqs):
+        weight = torch.zeros(B, T)
+        for b, s in enumerate(seqs):
+            weight[b, : len(s)] = 1.0 if s.loss_weight is None else s.loss_weight
+        weight *= loss
     embeds, positions = stack_text_embeds(seqs, offsets=[0] * B)
     prefix = torch.tensor([s.prefix_len for s in seqs])
-    return Batch(ids, prefix, loss, mod, embeds, positions)
+    return Batch(ids, prefix, loss, mod, embeds, positions, weight)
 
 
 def stack_text_embeds(

@@ -73,7 +73,7 @@ def masked_lm_loss(
     Equals `prefix_lm_loss` (which runs the head on the target positions only); this form runs
     the head on every position from `start` on and weights the NLL by the mask, so
     torch.compile sees static shapes. h (B, T, d), ids (B, T), loss_mask (B, T) bool (position
-    t is a target predicted from t - 1); start: no row has a target at positions <= start (the
+    t is a target predicted from t - 1), or float per-target weights (a weighted mean); start: no row has a target at positions <= start (the
     head skips the positions that only predict prefix tokens: the shortest prefix, less one).
     """
     hs, targets = h[:, start:-1], ids[:, start + 1 :]
