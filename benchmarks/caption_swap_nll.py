@@ -37,11 +37,12 @@ def swap(caption: str, attribute: str) -> str:
     return re.sub(pattern, lambda m: "-".join(table[p] for p in m.group(0).split("-")), caption)
 
 
-def frame_nll(model, vocab, task: str, item: dict) -> np.ndarray:
-    """Mean output NLL of the clip's codes per latent frame: (t,)."""
+def visual_nll(model, vocab, task: str, item: dict, cfg=None):
+    """(NLL of every token of the output video (tokens,), its Segment) for `item`'s `task` example
+    built as in training (`cfg`: a PretrainDataConfig, default settings when None)."""
     from videopoet.lm.pretrain import PretrainDataConfig, build_example, collate_examples
 
-    seq = build_example(vocab, task, item, np.random.default_rng(0), PretrainDataConfig(), {"first_frame": True})
+    seq = build_example(vocab, task, item, np.random.default_rng(0), cfg or PretrainDataConfig(), {"first_frame": True})
     seg = next(s for s in seq.outputs if s.modality == "visual")
     b = collate_examples([seq], vocab.pad_id)
     with torch.no_grad():
@@ -49,7 +50,27 @@ def frame_nll(model, vocab, task: str, item: dict) -> np.ndarray:
         # position i is predicted from i - 1
         nll = model.token_nll(h[0, seg.start - 1 : seg.start + seg.length - 1], b.ids[0, seg.start : seg.start + seg.length],
                               dense=True)
+    return nll, seg
+
+
+def frame_nll(model, vocab, task: str, item: dict) -> np.ndarray:
+    """Mean output NLL of the clip's codes per latent frame: (t,)."""
+    nll, seg = visual_nll(model, vocab, task, item)
     return nll.view(seg.shape[0], -1).mean(1).numpy()
+
+
+def load_items(data: str, shards: str | None) -> list[dict]:
+    """Every item of the shard directory `shards`, or of `data` tokenized by the shipped tokenizers
+    into a temporary directory when `shards` is None."""
+    from videopoet.data.shards import ShardReader
+    from videopoet.data.tokenize import tokenize
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(shards or Path(tmp) / "shards")
+        if shards is None:
+            tokenize(data, root, progress=False, rank=0, world=1, log=lambda m: None)
+        reader = ShardReader(root)
+        return [reader.item(b, i) for b, n in reader.buckets.items() for i in range(n)]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -62,20 +83,13 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
 
     from videopoet.assets import asset_dir
-    from videopoet.data.shards import ShardReader
-    from videopoet.data.tokenize import tokenize
     from videopoet.lm.pretrained import load_lm
     from videopoet.tokenizers.text import default_text_tokenizer
 
     model, vocab = load_lm(a.lm or asset_dir("lm"))
     model.eval()
     text = default_text_tokenizer()
-    with tempfile.TemporaryDirectory() as tmp:
-        shards = Path(a.shards or Path(tmp) / "shards")
-        if a.shards is None:
-            tokenize(a.data, shards, progress=False, rank=0, world=1, log=lambda m: None)
-        reader = ShardReader(shards)
-        items = [reader.item(b, i) for b, n in reader.buckets.items() for i in range(n)]
+    items = load_items(a.data, a.shards)
     base = np.stack([frame_nll(model, vocab, a.task, it) for it in items])  # (N, t)
 
     def split(x: np.ndarray) -> dict[str, float]:

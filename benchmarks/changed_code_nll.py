@@ -14,28 +14,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
+import sys
 from pathlib import Path
 
 import numpy as np
-import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from caption_swap_nll import load_items, visual_nll  # noqa: E402
 
 
-def code_nll(model, vocab, task: str, item: dict, context: int) -> tuple[np.ndarray, np.ndarray]:
+def code_nll(model, vocab, task: str, item: dict, context: int) -> tuple[np.ndarray, int]:
     """(NLL per output code (t_out, h, w), the output's first latent frame index in the clip)."""
-    from videopoet.lm.pretrain import PretrainDataConfig, build_example, collate_examples
+    from videopoet.lm.pretrain import PretrainDataConfig
 
-    cfg = PretrainDataConfig(frame_pred_context=context)
-    seq = build_example(vocab, task, item, np.random.default_rng(0), cfg, {"first_frame": True})
-    seg = next(s for s in seq.outputs if s.modality == "visual")
-    b = collate_examples([seq], vocab.pad_id)
-    with torch.no_grad():
-        h = model(b.ids, prefix_len=b.prefix_len, key_valid=b.key_valid)
-        nll = model.token_nll(h[0, seg.start - 1 : seg.start + seg.length - 1], b.ids[0, seg.start : seg.start + seg.length],
-                              dense=True)
+    nll, seg = visual_nll(model, vocab, task, item, PretrainDataConfig(frame_pred_context=context))
     per_code = nll.view(*seg.shape, -1).sum(-1).numpy()  # sub-tokens of one code summed
-    first = context if task == "frame_pred" else 0
-    return per_code, first
+    return per_code, context if task == "frame_pred" else 0
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -49,18 +43,11 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
 
     from videopoet.assets import asset_dir
-    from videopoet.data.shards import ShardReader
-    from videopoet.data.tokenize import tokenize
     from videopoet.lm.pretrained import load_lm
 
     model, vocab = load_lm(a.lm or asset_dir("lm"))
     model.eval()
-    with tempfile.TemporaryDirectory() as tmp:
-        shards = Path(a.shards or Path(tmp) / "shards")
-        if a.shards is None:
-            tokenize(a.data, shards, progress=False, rank=0, world=1, log=lambda m: None)
-        reader = ShardReader(shards)
-        items = [reader.item(b, i) for b, n in reader.buckets.items() for i in range(n)]
+    items = load_items(a.data, a.shards)
     sums = {"changed": 0.0, "repeated": 0.0}
     counts = {"changed": 0, "repeated": 0}
     for it in items:

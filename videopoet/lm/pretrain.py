@@ -459,13 +459,14 @@ def pair_pmi(reader, heldout_items: int, hi_bits: int, lo_bits: int, alpha: floa
 
 
 def _extended(model, added: dict, **cfg_changes):
-    """A copy of `model` with its config changed by `cfg_changes` (parameters added), every weight of
-    `model` kept and the added ones set from `added` (the others at their initial values)."""
+    """A copy of `model` with its config changed by `cfg_changes` (parameters added or moved), every
+    weight of `model` kept unless `added` gives it anew, the added ones set from `added` (the others
+    at their initial values)."""
     from videopoet.lm.model import PrefixLM
 
     with torch.device("cpu"):
         new = PrefixLM(dataclasses.replace(model.cfg, **cfg_changes))  # validated by LMConfig
-    new.load_state_dict({**new.state_dict(), **added, **model.state_dict()})
+    new.load_state_dict({**new.state_dict(), **model.state_dict(), **added})
     return new.train(model.training)
 
 
@@ -505,14 +506,8 @@ def with_more_layers(model, n_layers: int):
             if k.startswith(f"layers.{i}."):
                 name = k[len(f"layers.{i}.") :]
                 zero = added and name in ("attn.wo.weight", "mlp.w2.weight")
-                blocks[f"layers.{j}.{name}"] = torch.zeros_like(v) if zero else v.clone()
-    rest = {k: v for k, v in sd.items() if not k.startswith("layers.")}
-    from videopoet.lm.model import PrefixLM
-
-    with torch.device("cpu"):
-        new = PrefixLM(dataclasses.replace(model.cfg, n_layers=n_layers))
-    new.load_state_dict({**rest, **blocks})
-    return new.train(model.training)
+                blocks[f"layers.{j}.{name}"] = torch.zeros_like(v) if zero else v  # load_state_dict copies
+    return _extended(model, blocks, n_layers=n_layers)  # every layer renumbered: `blocks` overrides
 
 
 def with_visual_positions(model, grid: tuple[int, ...]):
