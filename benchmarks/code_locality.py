@@ -8,8 +8,9 @@ that change, and where the changed codes are (in cells with changed pixels, next
 A static clip (the first frame repeated) is encoded too: its codes must not change at all.
 `--hysteresis TAU` encodes with a trial rule: a bit keeps its value from the latent frame before
 wherever its latent is within TAU of zero (the round trip's PSNR is printed, to see its cost).
+`--tokenizer DIR` measures another video tokenizer (a training run's checkpoints/step_N/ema).
 
-    python benchmarks/code_locality.py [--model DIR] [--data shapes:24:7373:single] [--hysteresis TAU]
+    python benchmarks/code_locality.py [--model DIR] [--tokenizer DIR] [--data shapes:24:7373:single] [--hysteresis TAU]
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=None, help="pipeline directory (default: the embedded one)")
+    ap.add_argument("--tokenizer", default=None, help="video tokenizer directory (default: the pipeline's)")
     ap.add_argument("--data", default="shapes:24:7373:single")
     ap.add_argument("--hysteresis", type=float, default=0.0)
     a = ap.parse_args(argv)
@@ -34,6 +36,10 @@ def main(argv: list[str] | None = None) -> None:
     from videopoet.tasks.pipeline import Pipeline
 
     p = Pipeline.from_pretrained(a.model) if a.model else Pipeline.from_pretrained()
+    if a.tokenizer:
+        from videopoet.tokenizers.video import VideoTokenizer
+
+        p.vt = VideoTokenizer.from_pretrained(a.tokenizer).eval()
 
     @torch.no_grad()
     def encode(v: np.ndarray) -> np.ndarray:

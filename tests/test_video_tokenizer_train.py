@@ -12,7 +12,13 @@ import torch
 from videopoet.errors import VideoPoetError
 from videopoet.eval.video_metrics import codebook_usage, psnr, ssim, ssim_per_frame
 from videopoet.tokenizers.video import VideoTokenizer
-from videopoet.tokenizers.video_losses import LeCAM, TokenizerLossConfig, gan_weight
+from videopoet.tokenizers.video_losses import (
+    LeCAM,
+    TokenizerLossConfig,
+    gan_weight,
+    locality_loss,
+    static_cells,
+)
 from videopoet.tokenizers.video_train import (
     TokenizerData,
     TokenizerTrainer,
@@ -83,6 +89,60 @@ def test_the_cycle_term_makes_the_round_trip_keep_more_code_bits(tmp_path):
     assert abs(float(kept) - last["cycle_bits"]) < 0.1
     with pytest.raises(ValueError, match="cycle_weight must be >= 0"):
         debug_cfg("loss.cycle_weight=-1")
+
+
+def test_static_cells_are_the_cells_no_change_reaches():
+    """A 4 x 4 block changes into frame 5 of a 9-frame clip (c = 2: latent frame j covers frames
+    2j-1, 2j): latent frames 3 (frames 5, 6) and 4 (whose window starts at frame 5) see the change,
+    in its cell and the 8 around it; frames 1 and 2 are static everywhere."""
+    x = torch.zeros(1, 3, 9, 24, 24)
+    x[:, :, 5:, 8:12, 8:12] = 1.0
+    s = static_cells(x, 5, temporal=2, spatial=4, threshold=0.05)
+    assert s.shape == (1, 4, 6, 6)
+    assert s[0, :2].all()
+    for j in (2, 3):
+        moving = ~s[0, j]
+        assert moving[1:4, 1:4].all() and int(moving.sum()) == 9
+    # below the threshold nothing changed; a one-frame clip has no pair of latent frames
+    assert static_cells(x * 0.04, 5, 2, 4, 0.05).all()
+    assert static_cells(x[:, :, :1], 1, 2, 4, 0.05).numel() == 0
+
+
+def test_locality_loss_charges_static_bits_that_leave_the_previous_sign():
+    z = torch.tensor([1.0, 1.0, -0.5]).view(1, 1, 3, 1, 1).requires_grad_(True)  # one bit, 3 latent frames
+    static = torch.ones(1, 2, 1, 1, dtype=torch.bool)
+    loss, flips = locality_loss(z, static, scale=2.0)
+    expected = (torch.nn.functional.softplus(torch.tensor(-2.0)) + torch.nn.functional.softplus(torch.tensor(1.0))) / 2
+    assert abs(float(loss.detach()) - float(expected)) < 1e-6
+    assert flips == 0.5  # frame 2 left frame 1's sign
+    loss.backward()
+    assert z.grad[0, 0, 0].item() == 0.0  # the earlier sign is a target, not pushed
+    assert z.grad[0, 0, 2].item() < z.grad[0, 0, 1].item() < 0  # both pushed towards +, the flipped bit harder
+    only_first = torch.tensor([True, False]).view(1, 2, 1, 1)
+    loss1, flips1 = locality_loss(z.detach(), only_first, 2.0)
+    assert abs(float(loss1) - float(torch.nn.functional.softplus(torch.tensor(-2.0)))) < 1e-6 and flips1 == 0.0
+    zero, f0 = locality_loss(z, torch.zeros_like(static), 2.0)
+    assert float(zero.detach()) == 0.0 and f0 == 0.0
+
+
+def test_the_locality_term_trains_the_encoder_to_keep_static_codes(tmp_path):
+    """loss.locality_weight alone (no reconstruction): on a clip where one block moves over a fixed
+    random background, the encoder learns to keep the static cells' bits from frame to frame."""
+    torch.manual_seed(2)
+    cfg = debug_cfg("loss.gan_weight=0", "loss.recon_weight=0", "loss.entropy_weight=0", "loss.commitment_weight=0",
+                    "loss.locality_weight=1", "train.lr=0.01", "train.warmup_steps=0", "model.frames=9",
+                    "model.temporal_compression=2", "data.frames=9")
+    tr = TokenizerTrainer(cfg, tmp_path / "run")
+    x = (torch.rand(2, 3, 1, 32, 32) * 2 - 1).repeat(1, 1, 9, 1, 1)
+    for t in range(9):  # a white block moving right by 2 px per frame along the top
+        x[:, :, t, 2:8, 2 + 2 * t : 8 + 2 * t] = 1.0
+    logs = [tr.train_step(x) for _ in range(25)]
+    first, last = logs[0], logs[-1]
+    assert 0 < first["static_share"] < 1 and last["static_share"] == first["static_share"]
+    assert last["locality"] < 0.7 * first["locality"], (first, last)
+    assert last["static_flips"] <= first["static_flips"]
+    with pytest.raises(ValueError, match="locality_weight must be >= 0"):
+        debug_cfg("loss.locality_weight=-1")
 
 
 def test_decoder_fine_tuning_needs_a_matching_start(tmp_path):

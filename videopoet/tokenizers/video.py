@@ -106,6 +106,7 @@ class VideoTokenizerOutput(NamedTuple):
     per_sample_entropy: torch.Tensor
     batch_entropy: torch.Tensor
     commitment: torch.Tensor
+    latent: torch.Tensor | None = None  # (B, K, t, h, w), the encoder's output before quantization
 
 
 # ------------------------------------------------------------------------------------------ layers
@@ -347,5 +348,7 @@ class VideoTokenizer(Tokenizer):
 
     def forward(self, video: torch.Tensor) -> VideoTokenizerOutput:
         """Training pass: reconstruction (not clamped), codes and the LFQ loss terms."""
-        q = self.quantizer(self.encode_latent(video))
-        return VideoTokenizerOutput(self.decoder(q.quantized), q.codes, q.per_sample_entropy, q.batch_entropy, q.commitment)
+        z = self.encode_latent(video)
+        q = self.quantizer(z)
+        return VideoTokenizerOutput(self.decoder(q.quantized), q.codes, q.per_sample_entropy, q.batch_entropy,
+                                    q.commitment, z)

@@ -50,10 +50,18 @@ class TokenizerLossConfig:
     # (benchmarks/RESULTS.md, session 16). Meant for decoder fine-tuning (train.trainable=decoder).
     cycle_weight: float = 0.0
     cycle_scale: float = 2.0  # the logistic's slope on the latent
+    # Temporal locality: where no pixel of a latent cell (or of its 8 neighbours) changed between
+    # two latent frames, every bit should keep its sign from the frame before (a logistic loss on
+    # the later latent against the earlier one's sign). Without it a small moving object flips
+    # low-margin bits all over the frame (benchmarks/code_locality.py: 46% of changed codes two or
+    # more cells from any changed pixel), and each flip is a guess the LM cannot learn.
+    locality_weight: float = 0.0
+    locality_scale: float = 2.0
+    locality_threshold: float = 8 / 127.5  # a pixel "changed" above this (8 of 255, in [-1, 1] units)
 
     def __post_init__(self):
         for name in ("recon_weight", "entropy_weight", "commitment_weight", "gan_weight", "lecam_weight", "perceptual_weight",
-                     "cycle_weight", "cycle_scale"):
+                     "cycle_weight", "cycle_scale", "locality_weight", "locality_scale", "locality_threshold"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.disc_start < 0 or self.disc_ramp < 0:
@@ -110,6 +118,38 @@ class Discriminator3D(nn.Module):
         if self.patch:
             return self.head(h).flatten(1)
         return self.head(h.mean(dim=(2, 3, 4))).squeeze(-1)
+
+
+def static_cells(x: torch.Tensor, latent_frames: int, temporal: int, spatial: int, threshold: float) -> torch.Tensor:
+    """(B, t - 1, h, w) bool: latent cells of frames 1 .. t-1 whose pixels, and their 8 neighbours',
+    did not change since latent frame j - 1 began. Latent frame j >= 1 covers video frames
+    c(j-1)+1 .. cj and frame 0 covers frame 0 (causal), so the changes into frames
+    max(1, c(j-2)+1) .. cj count (the encoder also sees the earlier frame's content)."""
+    b, _, T, H, W = x.shape
+    if T < 2 or latent_frames < 2:
+        return torch.zeros(b, 0, H // spatial, W // spatial, dtype=torch.bool, device=x.device)
+    moved = ((x[:, :, 1:] - x[:, :, :-1]).abs().amax(1) > threshold).float()  # (B, T-1, H, W): change into frame f = i+1
+    cells = F.max_pool2d(moved, spatial)  # (B, T-1, h, w)
+    out = []
+    for j in range(1, latent_frames):
+        lo, hi = max(1, temporal * (j - 2) + 1), min(temporal * j, T - 1)
+        out.append(cells[:, lo - 1 : hi].amax(1) if hi >= lo else torch.zeros_like(cells[:, 0]))
+    near = F.max_pool2d(torch.stack(out, 1), 3, stride=1, padding=1)
+    return near == 0
+
+
+def locality_loss(z: torch.Tensor, static: torch.Tensor, scale: float) -> tuple[torch.Tensor, float]:
+    """mean over the static cells' bits of softplus(-scale * z_j * sign(z_{j-1})), the earlier sign
+    held fixed; and the share of those bits that flip (0 where there is no static cell)."""
+    if static.numel() == 0 or not static.any():
+        return z.sum() * 0.0, 0.0
+    zf = z.float()
+    prev, cur = zf[:, :, :-1].detach().sign(), zf[:, :, 1:]
+    w = static.unsqueeze(1).to(zf.dtype)  # (B, 1, t-1, h, w)
+    n = w.sum() * z.shape[1]
+    loss = (F.softplus(-scale * prev * cur) * w).sum() / n
+    flips = float((((cur > 0) != (prev > 0)).to(zf.dtype) * w).sum() / n)
+    return loss, flips
 
 
 def d_loss(kind: str, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:

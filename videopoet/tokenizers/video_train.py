@@ -45,6 +45,8 @@ from videopoet.tokenizers.video_losses import (
     d_loss,
     g_loss,
     gan_weight,
+    locality_loss,
+    static_cells,
 )
 
 # ------------------------------------------------------------------------------------------ config
@@ -411,6 +413,14 @@ class TokenizerTrainer:
             cyc, agree = self._cycle(rec, out.codes)
             loss = loss + lc.cycle_weight * cyc
             cyc_logs = {"cycle": float(cyc.detach()), "cycle_bits": agree}
+        if lc.locality_weight > 0:
+            m = cfg.model
+            static = static_cells(x, out.latent.shape[2], m.temporal_compression, m.spatial_compression,
+                                  lc.locality_threshold)
+            loc, flips = locality_loss(out.latent, static, lc.locality_scale)
+            loss = loss + lc.locality_weight * loc
+            cyc_logs.update(locality=float(loc.detach()), static_flips=flips,
+                            static_share=float(static.float().mean()) if static.numel() else 0.0)
         w = gan_weight(lc, self.step)
         gl = torch.zeros(())
         if w > 0:
