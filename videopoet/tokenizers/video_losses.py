@@ -130,10 +130,8 @@ def static_cells(x: torch.Tensor, latent_frames: int, temporal: int, spatial: in
         return torch.zeros(b, 0, H // spatial, W // spatial, dtype=torch.bool, device=x.device)
     moved = ((x[:, :, 1:] - x[:, :, :-1]).abs().amax(1) > threshold).float()  # (B, T-1, H, W): change into frame f = i+1
     cells = F.max_pool2d(moved, spatial)  # (B, T-1, h, w)
-    out = []
-    for j in range(1, latent_frames):
-        lo, hi = max(1, temporal * (j - 2) + 1), min(temporal * j, T - 1)
-        out.append(cells[:, lo - 1 : hi].amax(1) if hi >= lo else torch.zeros_like(cells[:, 0]))
+    # the window of latent frame j starts at or before frame T - 1, so it is never empty
+    out = [cells[:, max(0, temporal * (j - 2)) : min(temporal * j, T - 1)].amax(1) for j in range(1, latent_frames)]
     near = F.max_pool2d(torch.stack(out, 1), 3, stride=1, padding=1)
     return near == 0
 
@@ -141,7 +139,7 @@ def static_cells(x: torch.Tensor, latent_frames: int, temporal: int, spatial: in
 def locality_loss(z: torch.Tensor, static: torch.Tensor, scale: float) -> tuple[torch.Tensor, float]:
     """mean over the static cells' bits of softplus(-scale * z_j * sign(z_{j-1})), the earlier sign
     held fixed; and the share of those bits that flip (0 where there is no static cell)."""
-    if static.numel() == 0 or not static.any():
+    if not static.any():  # also when there is no pair of latent frames
         return z.sum() * 0.0, 0.0
     zf = z.float()
     prev, cur = zf[:, :, :-1].detach().sign(), zf[:, :, 1:]

@@ -408,18 +408,18 @@ class TokenizerTrainer:
             total_rec = total_rec + lc.perceptual_weight * self.perceptual(rec, x)
         lfq = lc.entropy_weight * (out.per_sample_entropy - lc.diversity_gamma * out.batch_entropy)
         loss = total_rec + lfq + lc.commitment_weight * out.commitment
-        cyc_logs = {}
+        extra_logs = {}
         if lc.cycle_weight > 0:
             cyc, agree = self._cycle(rec, out.codes)
             loss = loss + lc.cycle_weight * cyc
-            cyc_logs = {"cycle": float(cyc.detach()), "cycle_bits": agree}
+            extra_logs = {"cycle": float(cyc.detach()), "cycle_bits": agree}
         if lc.locality_weight > 0:
             m = cfg.model
             static = static_cells(x, out.latent.shape[2], m.temporal_compression, m.spatial_compression,
                                   lc.locality_threshold)
             loc, flips = locality_loss(out.latent, static, lc.locality_scale)
             loss = loss + lc.locality_weight * loc
-            cyc_logs.update(locality=float(loc.detach()), static_flips=flips,
+            extra_logs.update(locality=float(loc.detach()), static_flips=flips,
                             static_share=float(static.float().mean()) if static.numel() else 0.0)
         w = gan_weight(lc, self.step)
         gl = torch.zeros(())
@@ -439,7 +439,7 @@ class TokenizerTrainer:
         logs = {
             "loss": float(loss.detach()), "rec": float(rec_loss.detach()), "psnr": psnr(x, rec.detach()),
             "ent": float(out.per_sample_entropy.detach()), "batch_ent": float(out.batch_entropy.detach()),
-            "commit": float(out.commitment.detach()), "g": float(gl.detach()), "gan_w": float(w), **cyc_logs,
+            "commit": float(out.commitment.detach()), "g": float(gl.detach()), "gan_w": float(w), **extra_logs,
         }
         if lc.use_gan and self.step >= lc.disc_start:
             for g in self.opt_d.param_groups:
