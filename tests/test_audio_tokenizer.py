@@ -16,6 +16,7 @@ from videopoet.tokenizers.audio import (
     codes_to_tokens,
     flatten_codes,
     prepare_waveform,
+    rvq_beam_codes,
     tokens_to_codes,
     unflatten_codes,
 )
@@ -67,6 +68,7 @@ def test_videopoet_preset_maps_onto_encodec():
     {"codebook_dim": 7, "hidden_size": 8}, {"sample_rate": 100}, {"num_filters": 5},
     {"frontend": "mel"}, {"frontend": "stft", "frontend_substeps": 3}, {"frontend": "stft", "frontend_channels": 0},
     {"decoder": "hifigan"}, {"decoder": "istft", "decoder_upsample": 3}, {"decoder": "istft", "decoder_layers": 0},
+    {"beam_width": 0}, {"beam_width": 2.5},
 ])
 def test_bad_config_fields(bad):
     with pytest.raises(ConfigError):
@@ -139,6 +141,54 @@ def test_first_level_residual_structure(tok):
     q = tok.quantize(tok.encode_latents(x))
     assert torch.equal(q.codes, tok.encode(x))
     manual = sum(cb.embed[q.codes[0, i]].t() for i, cb in enumerate(tok.codebooks()))
+    assert torch.allclose(q.latents[0], manual, atol=1e-5)
+
+
+def _books(levels=3, size=16, dim=8, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(size, dim, generator=g) * 0.7 ** i for i in range(levels)]
+
+
+def _residual(z, books, codes):
+    q = sum(books[i][codes[:, i]] for i in range(len(books))).permute(0, 2, 1)  # (B, D, T)
+    return (z - q).pow(2).sum(1)  # (B, T)
+
+
+def test_rvq_beam_width_one_is_the_greedy_search(tok):
+    z = torch.randn(2, DEBUG.hidden_size, 30, generator=torch.Generator().manual_seed(3))
+    books = [cb.embed for cb in tok.codebooks()]
+    assert torch.equal(rvq_beam_codes(z, books, 1), tok.quantize(z).codes)
+
+
+def test_rvq_beam_finds_the_exact_optimum_when_it_keeps_every_prefix():
+    """3 levels x 16 codes: a beam of 16 x 16 keeps every two-level prefix, so its pick is the best of
+    all 4,096 code triples (checked by brute force), and on average beats the greedy pick."""
+    books = _books()
+    z = torch.randn(1, 8, 40, generator=torch.Generator().manual_seed(4))
+    best = rvq_beam_codes(z, books, 256)
+    a, b, c = torch.meshgrid(*(torch.arange(16),) * 3, indexing="ij")
+    combos = torch.stack([a.flatten(), b.flatten(), c.flatten()], 1)  # (4096, 3)
+    sums = books[0][combos[:, 0]] + books[1][combos[:, 1]] + books[2][combos[:, 2]]  # (4096, D)
+    exact = torch.cdist(z[0].t(), sums).argmin(1)  # (T,)
+    assert torch.allclose(_residual(z, books, best)[0], (z[0].t() - sums[exact]).pow(2).sum(1), atol=1e-5)
+    greedy, beam4 = _residual(z, books, rvq_beam_codes(z, books, 1)), _residual(z, books, rvq_beam_codes(z, books, 4))
+    opt = _residual(z, books, best)
+    assert bool((opt <= greedy + 1e-5).all()) and bool((opt <= beam4 + 1e-5).all())
+    assert float(beam4.mean()) < float(greedy.mean())
+    assert int((opt < greedy - 1e-4).sum()) >= 5  # greedy misses the optimum on some frames
+
+
+def test_beam_width_is_saved_and_used_by_encode(tmp_path):
+    torch.manual_seed(0)
+    t = AudioTokenizer(AudioTokenizerConfig(**{**DEBUG.__dict__, "beam_width": 8})).eval()
+    x = audio(1, 0.3)
+    codes = t.encode(x)
+    assert torch.equal(codes, rvq_beam_codes(t.encode_latents(x), [cb.embed for cb in t.codebooks()], 8))
+    t.save_pretrained(tmp_path / "c")
+    back = AudioTokenizer.from_pretrained(tmp_path / "c")
+    assert back.config.beam_width == 8 and torch.equal(back.encode(x), codes)
+    q = t.quantize(t.encode_latents(x))  # the latents the decoder sees are the chosen codes' sum
+    manual = sum(cb.embed[q.codes[0, i]].t() for i, cb in enumerate(t.codebooks()))
     assert torch.allclose(q.latents[0], manual, atol=1e-5)
 
 

@@ -141,6 +141,55 @@ def test_decoder_only_fine_tuning_keeps_every_code(tmp_path):
                               tmp_path / "u", log=quiet)
 
 
+def test_refit_codebooks_fits_the_latents_closer_and_is_level_by_level():
+    """k-means on many latents from codebooks that fit them badly: the residual after every level
+    falls below the old codebooks' and below the level before; every code is used; the saved
+    statistics are those of the new codebooks."""
+    from videopoet.tokenizers.audio_train import refit_codebooks
+
+    torch.manual_seed(0)
+    tok = AudioTokenizer(load_recipe("audio/debug").model).eval()  # 2 levels x 16 codes, 8 channels
+    g = torch.Generator().manual_seed(1)
+    centres = torch.randn(40, 8, generator=g) * 2
+    z = centres[torch.randint(0, 40, (4000,), generator=g)] + 0.1 * torch.randn(4000, 8, generator=g)
+    for cb in tok.codebooks():  # a bad start: every code near the origin
+        cb.embed.copy_(0.01 * torch.randn(cb.embed.shape, generator=g))
+
+    def residual_after_each_level():
+        r, out = z.clone(), []
+        for cb in tok.codebooks():
+            r = r - cb.embed[torch.cdist(r, cb.embed).argmin(1)]
+            out.append(float(r.pow(2).mean()))
+        return out
+
+    before = residual_after_each_level()
+    stats = refit_codebooks(tok, z, iters=10)
+    after = residual_after_each_level()
+    assert [round(s["residual_energy"], 5) for s in stats] == [round(a, 5) for a in after]
+    assert after[0] < 0.5 * before[0] and after[1] < after[0] and after[1] < 0.5 * before[1]
+    assert all(s["codes_used"] == 16 for s in stats)
+    cb = tok.codebooks()[0]
+    assert float(cb.cluster_size.sum()) == 4000 and torch.allclose(cb.embed_avg, cb.embed * cb.cluster_size[:, None])
+
+
+def test_refit_codebooks_command_writes_a_loadable_codec_with_the_beam(tmp_path):
+    from videopoet.cli import main
+
+    torch.manual_seed(0)
+    start = train_audio_tokenizer(debug_recipe("train.max_steps=2", "data.synthetic_clips=2"), tmp_path / "s", log=quiet)
+    rc = main(["audio", "refit-codebooks", "--model", str(start), "--config", "audio/debug", "--out", str(tmp_path / "r"),
+               "--batches", "20", "--iters", "3", "--beam", "4", "--set", "data.synthetic_clips=2"])
+    assert rc in (0, None)
+    a, b = AudioTokenizer.from_pretrained(start), AudioTokenizer.from_pretrained(tmp_path / "r")
+    assert b.config.beam_width == 4
+    sa, sb = a.state_dict(), b.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa if "codebook" not in k)  # encoder, decoder kept
+    assert any(not torch.equal(sa[k], sb[k]) for k in sa if "codebook" in k)
+    info = json.loads((tmp_path / "r" / "training.json").read_text())
+    assert info["latent_frames"] == 20 * 2 * 50 and len(info["levels"]) == 2  # batches x batch x 0.25 s at 200 frames/s
+    assert info["levels"][1]["residual_energy"] <= info["levels"][0]["residual_energy"]
+
+
 # ------------------------------------------------------------------------------------- data
 def test_batches_are_a_function_of_the_step():
     r = debug_recipe("data.synthetic_clips=3")

@@ -34,7 +34,7 @@ def test_quickstart_retrains_the_stack_then_runs_every_task(tmp_path, capsys):
     assert cli.main(["quickstart", "--out", str(out), "--retrain", "--scale", "debug", "--num", "3", "--seconds", "2"]) == 0
     printed = capsys.readouterr().out
     models = out / "models"
-    for stage in ("video tokenizer", "audio codec", "text model", "tokenize", "LM"):
+    for stage in ("video tokenizer", "audio codec", "audio codebooks", "text model", "tokenize", "LM"):
         assert f"retrain [{stage}]: " in printed and f"retrain [{stage}]: kept" not in printed
     pipe_dir = models / "pipeline"
     settings = json.loads((pipe_dir / "pipeline.json").read_text())
@@ -51,8 +51,12 @@ def test_quickstart_retrains_the_stack_then_runs_every_task(tmp_path, capsys):
     # the retrained models are the debug recipes' (a toy vocabulary), not the shipped ones
     vocab = json.loads((pipe_dir / "lm" / "vocab.json").read_text())
     assert vocab["visual_bits"] == 6 and vocab["audio_levels"] == 2
+    # the pipeline's codec is the refit one: its codebooks moved, encoder and decoder kept, beam search on
+    refit = json.loads((pipe_dir / "audio_tokenizer" / "config.json").read_text())
+    assert refit["beam_width"] == 4 and json.loads((models / "audio" / "tokenizer" / "config.json").read_text())["beam_width"] == 1
     assert (models / "lm" / "checkpoints").is_dir() and (models / "shards" / "index.json").is_file()
     # run again: every stage is kept, nothing is retrained
     assert cli.main(["quickstart", "--out", str(out), "--retrain", "--scale", "debug", "--num", "1", "--seconds", "1"]) == 0
     again = capsys.readouterr().out
-    assert all(f"retrain [{s}]: kept" in again for s in ("video tokenizer", "audio codec", "text model", "tokenize", "LM"))
+    assert all(f"retrain [{s}]: kept" in again
+               for s in ("video tokenizer", "audio codec", "audio codebooks", "text model", "tokenize", "LM"))

@@ -7,7 +7,8 @@ check: colours, shapes, directions; tones), and OUT/index.html plays them side b
 inputs. OUT/tasks.png is the same as one captioned contact sheet (a row per task).
 
 Retraining (`retrain`) runs the recipes that made the shipped defaults, stage by stage into one
-folder: video tokenizer, audio codec, SentencePiece text model, tokenize the shapes benchmark, LM.
+folder: video tokenizer, audio codec (then its codebooks refit), SentencePiece text model, tokenize the
+shapes benchmark, LM.
 A finished stage is kept and skipped when the command is run again; an interrupted training
 resumes from its last checkpoint. The result is a pipeline directory (`Pipeline.from_pretrained`).
 """
@@ -30,9 +31,13 @@ import numpy as np
 # "debug" is the same stack at toy sizes (a minute), to check the machinery end to end.
 SCALES: dict[str, dict[str, Any]] = {
     "debug": {"video": "tokenizer/debug", "audio": "audio/debug", "lm": "train/debug", "clips": 48,
-              "captions": 2400, "frames": 5, "size": 32, "lm_set": ["train.max_steps=40", "train.eval_every=0"]},
+              "captions": 2400, "frames": 5, "size": 32, "lm_set": ["train.max_steps=40", "train.eval_every=0"],
+              "refit": {"batches": 20, "iters": 3, "beam": 4, "overrides": []}},
     "cpu": {"video": "tokenizer/cpu", "audio": "audio/cpu", "lm": "train/small", "clips": 2400,
-            "captions": 2400, "frames": 17, "size": 64, "lm_set": []},
+            "captions": 2400, "frames": 17, "size": 64, "lm_set": [],
+            # the shipped codec's codebooks: refit on 2-4-object shapes sound too, beam search 4 (session 19)
+            "refit": {"batches": 1000, "iters": 25, "beam": 4, "seed": 77,
+                      "overrides": ["data.shapes_max_objects=4", "data.shapes_clips=1600", "data.real_weight=0.3"]}},
 }
 
 
@@ -45,7 +50,7 @@ def retrain(out: str | Path, scale: str = "cpu", *, log: Callable[[str], None] =
     from videopoet.errors import InputError
     from videopoet.lm.pretrain import train as train_lm
     from videopoet.tasks.pipeline import PARTS, PIPELINE_NAME, Settings
-    from videopoet.tokenizers.audio_train import load_recipe, train_audio_tokenizer
+    from videopoet.tokenizers.audio_train import load_recipe, refit_codec, train_audio_tokenizer
     from videopoet.tokenizers.text import SentencePieceConfig, SentencePieceTextTokenizer
     from videopoet.tokenizers.video import VideoTokenizer
     from videopoet.tokenizers.video_train import train as train_video
@@ -65,11 +70,15 @@ def retrain(out: str | Path, scale: str = "cpu", *, log: Callable[[str], None] =
         fn()
         log(f"retrain [{name}]: {time.time() - t:.0f} s -> {done}")
 
-    video_dir, audio_dir = out / "video" / "model", out / "audio" / "tokenizer"
+    video_dir = out / "video" / "model"
     stage("video tokenizer", video_dir,
           lambda: train_video(r["video"], out / "video", resume=(out / "video" / "checkpoints").is_dir()))
-    stage("audio codec", audio_dir, lambda: train_audio_tokenizer(load_recipe(r["audio"]), out / "audio", resume=True,
-                                                                  log=lambda s: None))
+    trained_audio = out / "audio" / "tokenizer"
+    stage("audio codec", trained_audio, lambda: train_audio_tokenizer(load_recipe(r["audio"]), out / "audio", resume=True,
+                                                                      log=lambda s: None))
+    audio_dir = out / "audio" / "refit"
+    stage("audio codebooks", audio_dir, lambda: refit_codec(audio_dir, model=trained_audio, config=r["audio"],
+                                                           log=lambda s: None, **r["refit"]))
 
     def spm() -> None:
         from videopoet.data.shapes import ShapesConfig, make_audio

@@ -78,9 +78,16 @@ class AudioTokenizerConfig:
     decoder_channels: int = 192
     decoder_layers: int = 6
     decoder_upsample: int = 2
+    # Residual VQ search: 1 picks each level's nearest code in turn (greedy, EnCodec's); W > 1 keeps
+    # the W best partial sums per level and returns the path with the smallest final residual, a
+    # closer code for the same codebooks and decoder (`rvq_beam_codes`). Chosen codes differ, so an
+    # LM trained on one width's codes must be retrained for another.
+    beam_width: int = 1
 
     def __post_init__(self) -> None:
         self.strides = tuple(int(s) for s in self.strides)
+        if int(self.beam_width) != self.beam_width or self.beam_width < 1:
+            raise ConfigError(f"beam_width: expected an integer >= 1, got {self.beam_width!r}")
         if self.sample_rate < 1000:
             raise ConfigError(f"sample_rate: expected >= 1000 Hz, got {self.sample_rate}")
         if not self.strides or any(s < 1 for s in self.strides):
@@ -360,6 +367,29 @@ class ISTFTDecoder(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------- model
+@torch.no_grad()
+def rvq_beam_codes(z: torch.Tensor, codebooks: list[torch.Tensor], width: int) -> torch.Tensor:
+    """Beam search over residual VQ levels: (B, D, T) latents and L codebooks (A, D) -> (B, L, T)
+    codes. At each level every kept partial sum is extended by every code and the `width` with the
+    smallest residual norm survive; the surviving path with the smallest final residual wins. Width 1
+    is the greedy search (each level's nearest code); a wider beam usually ends closer (not always:
+    the greedy path can fall out of the beam)."""
+    b, d, t = z.shape
+    x = z.transpose(1, 2).reshape(b * t, 1, d)  # (N, 1, D): one partial sum per vector
+    paths = torch.zeros(b * t, 1, 0, dtype=torch.long, device=z.device)
+    for embed in codebooks:
+        a = embed.shape[0]
+        dist = x.pow(2).sum(-1, keepdim=True) - 2 * x @ embed.t() + embed.pow(2).sum(1)  # (N, K, A)
+        k = min(width, dist.shape[1] * a)
+        top = dist.reshape(dist.shape[0], -1).topk(k, dim=1, largest=False).indices  # (N, k), ascending
+        parent, code = top // a, top % a
+        x = torch.gather(x, 1, parent[..., None].expand(-1, -1, d)) - embed[code]
+        paths = torch.cat([torch.gather(paths, 1, parent[..., None].expand(-1, -1, paths.shape[2])), code[..., None]], 2)
+    best = x.pow(2).sum(-1).argmin(1)  # (N,)
+    out = paths[torch.arange(paths.shape[0], device=z.device), best]  # (N, L)
+    return out.view(b, t, -1).permute(0, 2, 1).contiguous()
+
+
 class AudioTokenizer(Tokenizer):
     config_class = AudioTokenizerConfig
     kind = "audio"
@@ -492,6 +522,8 @@ class AudioTokenizer(Tokenizer):
         """(B, C, S) float in [-1, 1] -> (B, L, S // hop) LongTensor codes."""
         audio = self.check_audio(audio)
         z = self.model.encoder(audio)  # (B, D, T)
+        if self.config.beam_width > 1:
+            return rvq_beam_codes(z, [cb.embed for cb in self.codebooks()], self.config.beam_width)
         codes = self.model.quantizer.encode(z)  # (L, B, T)
         return codes.transpose(0, 1).contiguous()
 
@@ -512,17 +544,23 @@ class AudioTokenizer(Tokenizer):
         return self.model.decoder(latents)
 
     def quantize(self, z: torch.Tensor) -> QuantizedLatents:
-        """Residual VQ of (B, D, T) latents with a straight-through estimator and commitment loss."""
+        """Residual VQ of (B, D, T) latents with a straight-through estimator and commitment loss.
+        Codes are chosen greedily level by level, or by a beam search when `config.beam_width` > 1."""
+        books = [cb.embed for cb in self.codebooks()]
+        beam = self.config.beam_width > 1
+        chosen = rvq_beam_codes(z.detach(), books, self.config.beam_width) if beam else None  # (B, L, T)
         residual = z
         quantized = torch.zeros_like(z)
         codes, residuals = [], []
         commit = z.new_zeros(())
-        for cb in self.codebooks():
+        for level, embed in enumerate(books):  # embed: (A, D)
             r = residual.detach()
-            flat = r.transpose(1, 2).reshape(-1, r.shape[1])  # (B*T, D)
-            embed = cb.embed  # (A, D)
-            dist = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ embed.t() + embed.pow(2).sum(1)[None]
-            idx = dist.argmin(dim=1).view(r.shape[0], r.shape[2])  # (B, T)
+            if beam:
+                idx = chosen[:, level]
+            else:
+                flat = r.transpose(1, 2).reshape(-1, r.shape[1])  # (B*T, D)
+                dist = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ embed.t() + embed.pow(2).sum(1)[None]
+                idx = dist.argmin(dim=1).view(r.shape[0], r.shape[2])  # (B, T)
             q = F.embedding(idx, embed).transpose(1, 2)  # (B, D, T)
             commit = commit + F.mse_loss(residual, q.detach())
             residuals.append(r)

@@ -1,4 +1,4 @@
-"""`videopoet audio ...` commands (audio tokenizer): train, reconstruct, encode, decode.
+"""`videopoet audio ...` commands (audio tokenizer): train, refit-codebooks, reconstruct, encode, decode.
 
 Code files are safetensors with one int32 tensor "codes" (L, T) (levels x frames, not flattened) and
 metadata: sample_rate, hop_length, num_levels, codebook_size, num_samples (of the encoded input) and
@@ -65,6 +65,32 @@ def train_cmd(*, config: Path = Path("audio/cpu"), out: Path = Path("runs/audio_
     print(recipe_summary(recipe), flush=True)
     export = train_audio_tokenizer(recipe, out, resume=resume, log=lambda s: print(s, flush=True))
     print(f"saved {export}")
+
+
+@command("audio refit-codebooks")
+def refit_cmd(*, out: Path, model: Path | None = None, config: Path = Path("audio/cpu"), batches: int = 500,
+              iters: int = 25, beam: int = 0, seed: int = 7, threads: int = 1, overrides: list[str] | None = None) -> None:
+    """Refit a codec's residual-VQ codebooks by k-means on many latents of its training data; the
+    encoder and decoder are kept. Writes OUT (a tokenizer directory) with training.json.
+
+    The codes change: an LM trained on the old codes must be given the new ones (`videopoet audio
+    reencode`) and trained on them.
+
+    Args:
+        out: the tokenizer directory to write
+        model: the codec to refit (default: the shipped one)
+        config: the training preset whose data section says what to fit on (--set data.X=... changes it)
+        batches: training batches of latents to fit on (the preset's batch size and segment length)
+        iters: k-means iterations per level
+        beam: the saved codec's RVQ search width (config beam_width; 0 keeps the model's)
+        seed: seed of the batches drawn
+        threads: torch CPU threads
+    """
+    from videopoet.tokenizers.audio_train import refit_codec
+
+    refit_codec(out, model=model, config=config, overrides=overrides, batches=batches, iters=iters, beam=beam,
+                seed=seed, threads=threads, log=lambda s: print(s, flush=True))
+    print(f"saved {out}")
 
 
 @command("audio reconstruct")
