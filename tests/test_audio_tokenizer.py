@@ -428,3 +428,12 @@ def test_shipped_codec_loads_and_beats_pcm_at_equal_bit_rate():
     # detail than the previous one (0.35), RESULTS.md
     assert mel_distance(ref, y) < 0.7 * mel_distance(ref, base)
     assert stft_distance(ref, y) < stft_distance(ref, base)
+
+
+def test_rvq_beam_distances_stay_fp32_under_bf16_autocast():
+    """Codes under CPU bf16 autocast equal the fp32 ones (bf16 distances would pick other codes)."""
+    books = _books(levels=3, size=64, dim=8)
+    z = torch.randn(1, 8, 200, generator=torch.Generator().manual_seed(6))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        amp = rvq_beam_codes(z.bfloat16(), books, 4)
+    assert torch.equal(amp, rvq_beam_codes(z.bfloat16().float(), books, 4))
