@@ -437,3 +437,10 @@ def test_rvq_beam_distances_stay_fp32_under_bf16_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         amp = rvq_beam_codes(z.bfloat16(), books, 4)
     assert torch.equal(amp, rvq_beam_codes(z.bfloat16().float(), books, 4))
+
+
+def test_greedy_quantize_picks_fp32_codes_under_bf16_autocast(tok):
+    z = torch.randn(1, DEBUG.hidden_size, 300, generator=torch.Generator().manual_seed(8)).bfloat16().float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        amp = tok.quantize(z).codes
+    assert torch.equal(amp, tok.quantize(z).codes)

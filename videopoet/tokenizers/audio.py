@@ -560,8 +560,9 @@ class AudioTokenizer(Tokenizer):
             if beam:
                 idx = chosen[:, level]
             else:
-                flat = r.transpose(1, 2).reshape(-1, r.shape[1])  # (B*T, D)
-                dist = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ embed.t() + embed.pow(2).sum(1)[None]
+                with torch.autocast(r.device.type, enabled=False):  # fp32 distances under autocast too
+                    flat, e = r.float().transpose(1, 2).reshape(-1, r.shape[1]), embed.float()  # (B*T, D)
+                    dist = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ e.t() + e.pow(2).sum(1)[None]
                 idx = dist.argmin(dim=1).view(r.shape[0], r.shape[2])  # (B, T)
             q = F.embedding(idx, embed).transpose(1, 2)  # (B, D, T)
             commit = commit + F.mse_loss(residual, q.detach())
