@@ -171,6 +171,7 @@ def test_rvq_beam_finds_the_exact_optimum_when_it_keeps_every_prefix():
     sums = books[0][combos[:, 0]] + books[1][combos[:, 1]] + books[2][combos[:, 2]]  # (4096, D)
     exact = torch.cdist(z[0].t(), sums).argmin(1)  # (T,)
     assert torch.allclose(_residual(z, books, best)[0], (z[0].t() - sums[exact]).pow(2).sum(1), atol=1e-5)
+    assert torch.equal(rvq_beam_codes(z, books, 256, chunk=7), best)  # frames searched in chunks: the same
     greedy, beam4 = _residual(z, books, rvq_beam_codes(z, books, 1)), _residual(z, books, rvq_beam_codes(z, books, 4))
     opt = _residual(z, books, best)
     assert bool((opt <= greedy + 1e-5).all()) and bool((opt <= beam4 + 1e-5).all())

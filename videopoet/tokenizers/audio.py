@@ -368,27 +368,32 @@ class ISTFTDecoder(nn.Module):
 
 # ---------------------------------------------------------------------------------------- model
 @torch.no_grad()
-def rvq_beam_codes(z: torch.Tensor, codebooks: list[torch.Tensor], width: int) -> torch.Tensor:
+def rvq_beam_codes(z: torch.Tensor, codebooks: list[torch.Tensor], width: int, *, chunk: int = 4096) -> torch.Tensor:
     """Beam search over residual VQ levels: (B, D, T) latents and L codebooks (A, D) -> (B, L, T)
     codes. At each level every kept partial sum is extended by every code and the `width` with the
     smallest residual norm survive; the surviving path with the smallest final residual wins. Width 1
     is the greedy search (each level's nearest code); a wider beam usually ends closer (not always:
-    the greedy path can fall out of the beam)."""
+    the greedy path can fall out of the beam). Frames are searched `chunk` at a time (memory:
+    chunk x width x A distances)."""
     b, d, t = z.shape
+    flat = z.transpose(1, 2).reshape(b * t, d)
+    out = torch.empty(b * t, len(codebooks), dtype=torch.long, device=z.device)
     with torch.autocast(z.device.type, enabled=False):  # distances in fp32 under any autocast
-        x = z.float().transpose(1, 2).reshape(b * t, 1, d)  # (N, 1, D): one partial sum per vector
-        paths = torch.zeros(b * t, 1, 0, dtype=torch.long, device=z.device)
-        for embed in codebooks:
-            embed = embed.float()
-            a = embed.shape[0]
-            dist = x.pow(2).sum(-1, keepdim=True) - 2 * x @ embed.t() + embed.pow(2).sum(1)  # (N, K, A)
-            k = min(width, dist.shape[1] * a)
-            top = dist.reshape(dist.shape[0], -1).topk(k, dim=1, largest=False).indices  # (N, k), ascending
-            parent, code = top // a, top % a
-            x = torch.gather(x, 1, parent[..., None].expand(-1, -1, d)) - embed[code]
-            paths = torch.cat([torch.gather(paths, 1, parent[..., None].expand(-1, -1, paths.shape[2])), code[..., None]], 2)
-        best = x.pow(2).sum(-1).argmin(1)  # (N,)
-    out = paths[torch.arange(paths.shape[0], device=z.device), best]  # (N, L)
+        books = [e.float() for e in codebooks]
+        for s in range(0, b * t, chunk):
+            x = flat[s : s + chunk].float()[:, None]  # (N, 1, D): one partial sum per vector
+            n = x.shape[0]
+            paths = torch.zeros(n, 1, 0, dtype=torch.long, device=z.device)
+            for embed in books:
+                a = embed.shape[0]
+                dist = x.pow(2).sum(-1, keepdim=True) - 2 * x @ embed.t() + embed.pow(2).sum(1)  # (N, K, A)
+                k = min(width, dist.shape[1] * a)
+                top = dist.reshape(n, -1).topk(k, dim=1, largest=False).indices  # (N, k), ascending
+                parent, code = top // a, top % a
+                x = torch.gather(x, 1, parent[..., None].expand(-1, -1, d)) - embed[code]
+                paths = torch.cat([torch.gather(paths, 1, parent[..., None].expand(-1, -1, paths.shape[2])),
+                                   code[..., None]], 2)
+            out[s : s + n] = paths[torch.arange(n, device=z.device), x.pow(2).sum(-1).argmin(1)]
     return out.view(b, t, -1).permute(0, 2, 1).contiguous()
 
 
