@@ -146,7 +146,9 @@ def test_collate_and_batch_sampler_keep_kinds_apart(folder):
 
 def test_skips_in_worker_processes_reach_the_report(folder):
     ds = ClipDataset(folder, num_frames=4, fps=5, size=8, include_images=False)
-    loader = DataLoader(ds, batch_size=1, collate_fn=collate_clips, num_workers=1)
+    # spawn, not fork: a worker forked from a process that has run threaded decoders and torch ops
+    # can deadlock (this test hung once in a fresh-clone CI run); spawn also checks the dataset pickles
+    loader = DataLoader(ds, batch_size=1, collate_fn=collate_clips, num_workers=1, multiprocessing_context="spawn")
     paths = [b["path"][0] for b in loader]
     assert len(paths) == 3 and str(folder / "broken.mp4") not in paths
     assert [p for p, _ in ds.skipped] == [str(folder / "broken.mp4")]
