@@ -375,14 +375,20 @@ def init_codebooks(tok: AudioTokenizer, z: torch.Tensor, iters: int, g: torch.Ge
     """k-means on the first batch's latents, level by level on the residuals (EnCodec's init)."""
     residual = z.detach().transpose(1, 2).reshape(-1, z.shape[1])
     for cb in tok.codebooks():
-        c = kmeans(residual, cb.embed.shape[0], iters, g)
-        assign = torch.cdist(residual, c).argmin(1)
-        counts = torch.bincount(assign, minlength=c.shape[0]).to(c.dtype)  # empty clusters: dead at once
-        cb.embed.copy_(c)
-        cb.cluster_size.copy_(counts)
-        cb.embed_avg.copy_(c * counts[:, None])
-        cb.inited.fill_(1.0)
-        residual = residual - c[assign]
+        residual, _ = _set_codebook(cb, kmeans(residual, cb.embed.shape[0], iters, g), residual)
+
+
+def _set_codebook(cb, c: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Make centroids `c` (A, D) codebook `cb`'s codes, with EMA statistics from assigning the
+    (N, D) `residual` to them (an empty code starts dead); return the next level's residual and
+    the counts."""
+    assign = torch.cdist(residual, c).argmin(1)
+    counts = torch.bincount(assign, minlength=c.shape[0]).to(c.dtype)
+    cb.embed.copy_(c)
+    cb.cluster_size.copy_(counts)
+    cb.embed_avg.copy_(c * counts[:, None])
+    cb.inited.fill_(1.0)
+    return residual - c[assign], counts
 
 
 @torch.no_grad()
@@ -409,13 +415,7 @@ def refit_codebooks(tok: AudioTokenizer, z: torch.Tensor, iters: int) -> list[di
             if not filled.all():  # re-seed empty codes where the fit is worst
                 err = (residual - c[assign]).pow(2).sum(1)
                 c[~filled] = residual[err.topk(int((~filled).sum())).indices]
-        assign = torch.cdist(residual, c).argmin(1)
-        counts = torch.bincount(assign, minlength=c.shape[0]).to(c.dtype)
-        cb.embed.copy_(c)
-        cb.cluster_size.copy_(counts)
-        cb.embed_avg.copy_(c * counts[:, None])
-        cb.inited.fill_(1.0)
-        residual = residual - c[assign]
+        residual, counts = _set_codebook(cb, c, residual)
         stats.append({"residual_energy": float(residual.pow(2).mean()), "codes_used": int((counts > 0).sum())})
     return stats
 
@@ -442,13 +442,7 @@ def refit_codec(out: str | Path, *, model: str | Path | None = None, config: str
         raise InputError(f"audio refit-codebooks: need batches >= 1, iters >= 1, beam >= 0; got {batches}, {iters}, {beam}")
     torch.set_num_threads(threads)
     t0 = time.time()
-    if model is None:
-        from videopoet.assets import asset_dir
-
-        model_dir = asset_dir("audio_tokenizer")
-    else:
-        model_dir = Path(model).expanduser()
-    tok = AudioTokenizer.from_pretrained(model_dir).eval()
+    tok = AudioTokenizer.from_pretrained(_codec_dir("default" if model is None else model)).eval()
     recipe = load_recipe(config, overrides)
     corpus = build_corpus(recipe.data, tok.sample_rate, log=log)
     segment = int(round(recipe.data.segment_seconds * tok.sample_rate))
@@ -579,11 +573,16 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
 
 
 # ------------------------------------------------------------------------------------------ loop
-def _init_from(tok: AudioTokenizer, where: str) -> None:
-    """Load a trained codec's weights (and codebooks) into `tok`; its config must equal the recipe's."""
+def _codec_dir(where: str | Path) -> Path:
+    """A codec directory: "default" is the shipped codec, anything else a path."""
     from videopoet.assets import asset_dir
 
-    d = asset_dir("audio_tokenizer") if where == "default" else Path(where).expanduser()
+    return asset_dir("audio_tokenizer") if str(where) == "default" else Path(where).expanduser()
+
+
+def _init_from(tok: AudioTokenizer, where: str) -> None:
+    """Load a trained codec's weights (and codebooks) into `tok`; its config must equal the recipe's."""
+    d = _codec_dir(where)
     if not (d / "config.json").is_file():
         raise ConfigError(f"train.init_from {d}: not a codec directory (no config.json)")
     loaded = AudioTokenizer.from_pretrained(d)
