@@ -9,7 +9,7 @@ level 0. Clips are fresh shapes clips (a seed no training or selection uses) tok
 shipped tokenizers; the swapped video is the next clip's, of another tone unless both clips show the
 same (shape, colour).
 
-    python benchmarks/v2a_picture_nll.py [--lm DIR] [--data shapes:48:7272:single] [--json OUT]
+    python benchmarks/v2a_picture_nll.py [--lm DIR] [--data shapes:48:7272:single | --shards DIR] [--json OUT]
 """
 
 from __future__ import annotations
@@ -100,14 +100,14 @@ def main(argv: list[str] | None = None) -> None:
            "pairs_of_different_tones": int(keep.sum()), "nll_own_video": summarise(base),
            "nll_rise_with_another_video": summarise(d),
            "copyable_codes": copy,
-           "share_of_clips_own_video_better": summarise((d.mean(-1, keepdims=True) > 0).repeat(d.shape[-1], -1).astype(float))}
+           "share_of_clips_own_video_better": {f"level {lv}": float((d[:, lv].mean(-1) > 0).mean()) for lv in range(d.shape[1])}}
     print(f"v2a, {len(items)} clips ({int(keep.sum())} swaps to another tone); NLL (nats per code, within its level) "
           f"with the clip's own video, and its rise with another clip's video:")
     print(f"{'level':<8} " + " ".join(f"{n:>12}" for n in [*BINS, "all"]) + "   rise: " + " ".join(f"{n:>12}" for n in [*BINS, "all"])
           + "   own better")
     for lv in res["nll_own_video"]:
         own, rise = res["nll_own_video"][lv], res["nll_rise_with_another_video"][lv]
-        share = res["share_of_clips_own_video_better"][lv]["all"]
+        share = res["share_of_clips_own_video_better"][lv]
         print(f"{lv:<8} " + " ".join(f"{own[n]:>12.3f}" for n in [*BINS, "all"]) + "         "
               + " ".join(f"{rise[n]:>12.4f}" for n in [*BINS, "all"]) + f"   {share:.2f}")
     print("codes equal to the code one period earlier (the level's most common period, 2-12 frames), and their NLL:")
