@@ -559,3 +559,26 @@ def test_grow_layers_adds_identity_blocks_and_trains(tmp_path, shards):
     assert float(b.model.layers[1].attn.wo.weight.abs().sum()) > 0  # the added block trains
     grown, _ = load_lm(b.export())
     assert grown.cfg.n_layers == m.cfg.n_layers + 2
+
+
+def test_audio_rows_are_v2a_without_the_video_in_larger_batches(tmp_path, shards):
+    """Task "audio" (v2a's guidance branch, data.tasks.audio): the clip's audio codes with no prefix
+    but the task token, the same codes v2a writes, in batches sized for their shorter rows; both train."""
+    from videopoet.lm.pretrain import examples_for
+
+    t = Pretrainer(cfg(shards, tmp_path / "a", "data.tasks={v2a: 1.0, audio: 1.0}", "train.max_steps=8",
+                       "train.eval_every=0"))
+    batch = {task: b for task, _, _, b in t.plan}
+    ds = t.loader().dataset
+    bucket = next(g for task, g, _, _ in t.plan if task == "audio")
+    item = ds.reader.item(bucket, 0)
+    ins, outs, _ = examples_for("audio", item, np.random.default_rng(0), t.cfg.data)
+    assert ins == {} and torch.equal(outs["audio"], torch.from_numpy(item["audio"]))
+    a = ds[("audio", bucket, 0, 0, {})]
+    v = ds[("v2a", bucket, 0, 0, {})]
+    assert a.prefix_len < v.prefix_len and torch.equal(a.ids[a.prefix_len :], v.ids[v.prefix_len :])
+    d = t.cfg.data
+    assert [batch[k] for k in ("audio", "v2a")] == [max(1, min(d.max_batch, d.tokens_per_step // len(x))) for x in (a, v)]
+    assert batch["audio"] > batch["v2a"]
+    m = t.fit()
+    assert t.step == 8 and np.isfinite(m["loss"])

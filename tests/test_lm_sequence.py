@@ -19,9 +19,10 @@ def test_vocab_ranges_follow_the_design_layout():
     assert V.text_range() == (368, 408)
     assert V.size == 408
     assert all(V.task_id(t) < NUM_SPECIAL for t in TASKS)
-    # t2v, t2i and uncond share <task:t2v>; every other task has its own token
-    assert len({V.task_id(t) for t in TASKS}) == len(TASKS) - 2
+    # t2v, t2i and uncond share <task:t2v>, v2a and audio <task:v2a>; every other task has its own token
+    assert len({V.task_id(t) for t in TASKS}) == len(TASKS) - 3
     assert V.task_id("t2i") == V.task_id("uncond") == V.task_id("t2v")
+    assert V.task_id("audio") == V.task_id("v2a")
     assert V.token_name(V.id("<bov_o>")) == "<bov_o>"
     assert (
         V.token_name(256 + 5) == "v5" and V.token_name(320 + 16 + 3) == "a1:3" and V.token_name(370) == "t2"
@@ -47,6 +48,14 @@ def test_no_text_has_one_encoding():
     uncond = build_sequence(V, "uncond", {}, out)
     assert torch.equal(dropped.ids, uncond.ids)
     assert parse_sequence(V, uncond.ids)[0] == "t2v"
+    # the same for sound: v2a without its video (its guidance branch) is the "audio" training row,
+    # and with the video it writes the same output codes after a longer prefix
+    a = torch.arange(6).reshape(3, 2) % 16
+    no_video, audio = build_sequence(V, "v2a", {}, {"audio": a}), build_sequence(V, "audio", {}, {"audio": a})
+    assert torch.equal(no_video.ids, audio.ids) and parse_sequence(V, audio.ids)[0] == "v2a"
+    with_video = build_sequence(V, "v2a", {"video": torch.ones(1, 2, 2, dtype=torch.long)}, {"audio": a})
+    assert len(with_video) == len(audio) + 6  # <bov_i> 4 codes <eov_i>
+    assert torch.equal(with_video.ids[-len(a.reshape(-1)) - 3 :], audio.ids[-len(a.reshape(-1)) - 3 :])
     # an image continues as a video: t2i's sequence is a prefix of t2v's
     img = build_sequence(V, "t2i", {"text": torch.tensor([1, 2])}, {"video": torch.ones(1, 2, 2, dtype=torch.long)})
     vid = build_sequence(V, "t2v", {"text": torch.tensor([1, 2])}, {"video": torch.ones(3, 2, 2, dtype=torch.long)})
@@ -140,7 +149,7 @@ def test_every_task_round_trips(task):
     else:
         assert ids[-1] == V.id("<eos>")
     name, got_in, got_out = parse_sequence(V, ids)
-    assert name == ("t2v" if TASKS[task].token == "t2v" else task)  # t2i and uncond are t2v sequences
+    assert name == TASKS[task].token  # t2i and uncond are t2v sequences, audio a v2a one
     assert set(got_in) == set(inputs) and set(got_out) == set(outputs)
     for k, x in inputs.items():
         assert torch.equal(got_in[k], x.reshape(got_in[k].shape)), k

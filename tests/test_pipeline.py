@@ -216,6 +216,32 @@ def test_an_lm_without_pipeline_json_samples_with_the_pipelines_settings(pipe, l
                                                                         shipped["task_temperature"])
 
 
+def test_v2a_is_guided_only_when_its_own_scale_is_set(pipe, clip):
+    """v2a's guidance branch drops the video (an LM trained with "audio" rows knows it): pipeline.json's
+    global `guidance` leaves v2a unguided; task_guidance.v2a or an explicit `guidance` guides it."""
+    from videopoet.config import from_dict
+    from videopoet.errors import ConfigError
+    from videopoet.tasks.pipeline import Settings
+
+    before = (pipe.settings.guidance, pipe.settings.task_guidance)
+    try:
+        pipe.settings.guidance, pipe.settings.task_guidance = 1.0, {}
+        plain = pipe.v2a(clip.video, seed=3).tokens["audio"]
+        pipe.settings.guidance = 3.0  # the global scale: not for v2a
+        assert torch.equal(pipe.v2a(clip.video, seed=3).tokens["audio"], plain)
+        pipe.settings.task_guidance = {"v2a": 3.0}
+        guided = pipe.v2a(clip.video, seed=3).tokens["audio"]
+        assert guided.shape == plain.shape and not torch.equal(guided, plain)
+        pipe.settings.task_guidance = {}
+        assert torch.equal(pipe.v2a(clip.video, seed=3, guidance=3.0).tokens["audio"], guided)
+    finally:
+        pipe.settings.guidance, pipe.settings.task_guidance = before
+    assert Settings(guidance=2.0).guidance_for("v2a") == 1.0 and Settings(guidance=2.0).guidance_for("t2v") == 2.0
+    assert Settings(guidance=2.0, task_guidance={"t2v": 3.0}).guidance_for("t2v") == 3.0
+    with pytest.raises(ConfigError, match="task_guidance.v2a"):
+        from_dict(Settings, {"task_guidance": {"v2a": 0.5}}, where="x/pipeline.json")
+
+
 def test_a_task_temperature_replaces_the_default_for_that_task_only(pipe, tmp_path):
     """Settings.task_temperature: t2i at temperature 0 is greedy (any seed, the same image) while
     t2v keeps the default and differs by seed; a bad entry in pipeline.json names the file."""

@@ -43,7 +43,7 @@ from videopoet.lm.sequence import Sequence, build_sequence, collate
 from videopoet.lm.tasks import TASKS
 from videopoet.lm.vocab import Vocabulary
 
-AUDIO_TASKS = {"v2a", "a2v", "avcont"}
+AUDIO_TASKS = {"v2a", "audio", "a2v", "avcont"}
 IMAGE_TASKS = {"t2i"}
 MOTION_TASKS = {"t2v", "i2v"}  # the caption names a motion that starts at output frame 1
 SHORT = "#short"  # the group-name suffix of t2v's short-clip variant (data.t2v_short_frames)
@@ -229,6 +229,8 @@ def examples_for(task: str, item: dict[str, Any], rng: np.random.Generator, cfg:
     a = torch.from_numpy(item["audio"])  # (L, F)
     if task == "v2a":
         return {"video": v}, {"audio": a}, None
+    if task == "audio":  # v2a's guidance branch: the clip's sound with no picture
+        return {}, {"audio": a}, None
     if task == "a2v":
         return {**ins, "audio": a}, {"video": v}, frames
     if task == "avcont":

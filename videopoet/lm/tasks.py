@@ -109,7 +109,11 @@ _TABLE = (
         (VIDEO_OUT,),
         description="text + structure video (flow + depth/edges, tokenized as video) [+ first frame] -> video",
     ),
-    TaskSpec("v2a", (Part("video", "visual"),), (AUDIO_OUT,), description="video -> audio"),
+    # v2a's video is optional so that its guidance branch can drop it: "audio" (v2a without the
+    # video, one encoding as for "uncond") trains that branch on audio-only rows, which are short
+    # (~430 tokens against v2a's ~2,700), so a step holds ~6x the audio codes of a v2a step
+    TaskSpec("v2a", (Part("video", "visual", optional=True),), (AUDIO_OUT,), description="video -> audio"),
+    TaskSpec("audio", (), (AUDIO_OUT,), description="nothing -> audio (v2a without the video)", token="v2a"),
     TaskSpec("a2v", (TEXT, Part("audio", "audio")), (VIDEO_OUT,), description="audio (+ text) -> video"),
     TaskSpec(
         "avcont",

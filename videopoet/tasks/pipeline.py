@@ -55,19 +55,28 @@ class Settings:
     # frame prediction with an anchor frame (continue --image, extend): the guidance branch drops
     # the anchor as well as the text, so guidance pulls the new frames towards the anchor's content
     anchor_guidance: bool = False
+    # per LM task, a guidance scale that replaces `guidance` for it. v2a's guidance branch drops
+    # the video, which only an LM trained on "audio" rows (v2a without the video) has seen, so v2a
+    # is guided only when this names it (default 1: no guidance branch)
+    task_guidance: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self):
         from videopoet.lm.tasks import TASKS
 
-        for task, t in self.task_temperature.items():
-            if task not in TASKS:
-                raise InputError(f"task_temperature: unknown task {task!r} (known: {', '.join(TASKS)})")
-            if not isinstance(t, (int, float)) or isinstance(t, bool) or t < 0:
-                raise InputError(f"task_temperature.{task}: expected a number >= 0, got {t!r}")
+        for name, table, low in (("task_temperature", self.task_temperature, 0), ("task_guidance", self.task_guidance, 1)):
+            for task, t in table.items():
+                if task not in TASKS:
+                    raise InputError(f"{name}: unknown task {task!r} (known: {', '.join(TASKS)})")
+                if not isinstance(t, (int, float)) or isinstance(t, bool) or t < low:
+                    raise InputError(f"{name}.{task}: expected a number >= {low}, got {t!r}")
 
     def temperature_for(self, task: str) -> float:
         """The sampling temperature of LM task `task`."""
         return float(self.task_temperature.get(task, self.temperature))
+
+    def guidance_for(self, task: str) -> float:
+        """The guidance scale of LM task `task` (v2a: 1 unless task_guidance names it)."""
+        return float(self.task_guidance.get(task, 1.0 if task == "v2a" else self.guidance))
 
 
 @dataclass
@@ -354,7 +363,7 @@ class Pipeline:
         if len(seq) > self.lm.cfg.max_seq_len:
             raise InputError(f"{task}: the sequence has {len(seq)} tokens, more than the model's max_seq_len "
                              f"{self.lm.cfg.max_seq_len} (a shorter prompt or fewer frames)")
-        g = s.guidance if guidance is None else guidance
+        g = s.guidance_for(task) if guidance is None else guidance
         uncond = None
         if uncond_inputs is not None and g != 1.0:
             useq = build_sequence(self.vocab, task, uncond_inputs, outputs, res=res, frames=frames)
@@ -608,8 +617,9 @@ class Pipeline:
         self._need_audio("v2a")
         v = self._video(video, "video", notes, frames=self.settings.frames)
         codes = self.encode_video(v)
+        # the guidance branch drops the video (pipeline.json's task_guidance.v2a, or `guidance`)
         out = self.generate_codes("v2a", {"video": codes}, {"audio": (self.vocab.audio_levels, self.audio_frames)},
-                                  seed=seed, **kw)
+                                  uncond_inputs={}, seed=seed, **kw)
         r = self._result("v2a", None, out["audio"], prompt=None, seed=seed, notes=notes, tokens={"input": codes})
         r.frames = v
         return r
