@@ -5,9 +5,9 @@ The codec's codes of a steady tone repeat with a period of a few frames (the pha
 turns from frame to frame), so once the first frames of a level are written the rest can be copied
 from them; the picture is needed to choose the tone (its shape and colour) and the click times (its
 bounces). A model that reads the picture pays for a wrong one, above all in the first frames of
-level 0. Clips are fresh shapes clips (a seed no training or selection uses) tokenized by the
-shipped tokenizers; the swapped video is the next clip's, of another tone unless both clips show the
-same (shape, colour).
+level 0, and for none (v2a's guidance branch, the "audio" task). Clips are fresh shapes clips (a
+seed no training or selection uses) tokenized by the shipped tokenizers; the swapped video is the
+next clip's, of another tone unless both clips show the same (shape, colour).
 
     python benchmarks/v2a_picture_nll.py [--lm DIR] [--data shapes:48:7272:single | --shards DIR] [--json OUT]
 """
@@ -24,12 +24,13 @@ import torch
 BINS = {"frames 0-4": slice(0, 5), "frames 5-24": slice(5, 25), "frames 25+": slice(25, None)}
 
 
-def audio_nll(model, vocab, item: dict) -> np.ndarray:
-    """(levels, frames) NLL of every audio code of `item`'s v2a example, built as in training; each
-    code is scored among its level's codes only (the range generation samples from)."""
+def audio_nll(model, vocab, item: dict, task: str = "v2a") -> np.ndarray:
+    """(levels, frames) NLL of every audio code of `item`'s v2a example (task "audio": v2a without
+    the video, its guidance branch), built as in training; each code is scored among its level's
+    codes only (the range generation samples from)."""
     from videopoet.lm.pretrain import PretrainDataConfig, build_example, collate_examples
 
-    seq = build_example(vocab, "v2a", item, np.random.default_rng(0), PretrainDataConfig())
+    seq = build_example(vocab, task, item, np.random.default_rng(0), PretrainDataConfig())
     seg = next(s for s in seq.outputs if s.modality == "audio")
     b = collate_examples([seq], vocab.pad_id)
     pos = torch.arange(seg.start, seg.start + seg.length)
@@ -95,10 +96,11 @@ def main(argv: list[str] | None = None) -> None:
     copy = {f"level {lv}": {"share_repeated": float(rep[:, lv].mean()),
                             "nll_repeated": float(base[:, lv][rep[:, lv]].mean()) if rep[:, lv].any() else float("nan"),
                             "nll_other": float(base[:, lv][~rep[:, lv]].mean())} for lv in range(base.shape[1])}
+    none = np.stack([audio_nll(model, vocab, it, "audio") for it in items])  # no video at all
     d = (np.stack(swapped) - base)[keep]
     res = {"lm": str(a.lm or "embedded"), "data": a.data if a.shards is None else a.shards, "clips": len(items),
            "pairs_of_different_tones": int(keep.sum()), "nll_own_video": summarise(base),
-           "nll_rise_with_another_video": summarise(d),
+           "nll_rise_with_another_video": summarise(d), "nll_rise_without_video": summarise(none - base),
            "copyable_codes": copy,
            "share_of_clips_own_video_better": {f"level {lv}": float((d[:, lv].mean(-1) > 0).mean()) for lv in range(d.shape[1])}}
     print(f"v2a, {len(items)} clips ({int(keep.sum())} swaps to another tone); NLL (nats per code, within its level) "
@@ -110,6 +112,9 @@ def main(argv: list[str] | None = None) -> None:
         share = res["share_of_clips_own_video_better"][lv]
         print(f"{lv:<8} " + " ".join(f"{own[n]:>12.3f}" for n in [*BINS, "all"]) + "         "
               + " ".join(f"{rise[n]:>12.4f}" for n in [*BINS, "all"]) + f"   {share:.2f}")
+    print("rise without any video (v2a's guidance branch; meaningful for LMs trained on `audio` rows):")
+    for lv, r in res["nll_rise_without_video"].items():
+        print(f"{lv:<8} " + " ".join(f"{r[n]:>12.4f}" for n in [*BINS, "all"]))
     print("codes equal to the code one period earlier (the level's most common period, 2-12 frames), and their NLL:")
     for lv, c in copy.items():
         print(f"{lv:<8} share {c['share_repeated']:.2f}   NLL repeated {c['nll_repeated']:.3f}   other {c['nll_other']:.3f}")
