@@ -43,6 +43,21 @@ def test_v2a_with_the_true_soundtrack_hears_every_tone_and_bounce(jobs):
     assert silent["clicks"] == 0.0
 
 
+def test_v2a_tone_halves_tell_a_wrong_shape_from_a_wrong_colour(jobs):
+    from videopoet.data import shapes as S
+
+    j = jobs[0]
+    (o,) = j.attributes["objects"]
+    t = np.arange(len(j.audio)) / 16000
+    other_shape = next(sh for sh in S.SHAPES if sh != o["shape"])
+    other_colour = next(c for c in S.COLOURS if c != o["colour"])
+    for shape, colour, want in ((other_shape, o["colour"], (0.0, 0.0, 1.0)), (o["shape"], other_colour, (0.0, 1.0, 0.0)),
+                                (o["shape"], o["colour"], (1.0, 1.0, 1.0))):
+        hum = (0.3 * np.sin(2 * np.pi * S.tone_frequency(shape, colour) * t)).astype(np.float32)
+        s = score("v2a", j, _as_result(j, audio=hum))
+        assert (s["tone"], s["tone_shape"], s["tone_colour"]) == ([want[0]], [want[1]], [want[2]]), (shape, colour)
+
+
 def test_stylize_motion_agreement_is_high_for_the_truth_and_low_for_a_still(jobs):
     same = summarize([score("stylize", j, _as_result(j)) for j in jobs])["flow_agreement"]
     still = summarize([score("stylize", j, _as_result(j, np.repeat(j.video[:1], 17, 0))) for j in jobs])["flow_agreement"]

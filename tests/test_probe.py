@@ -129,6 +129,20 @@ def test_training_refuses_nothing_to_do(tmp_path):
 
     with pytest.raises(InputError):
         train_probe(tmp_path, clips=4, round_trips=5)
+    with pytest.raises(InputError, match="audio_round_trips"):
+        train_probe(tmp_path, clips=4, round_trips=0, audio_round_trips=5)
+
+
+def test_audio_round_trips_are_counted_apart_from_the_video_ones(tmp_path):
+    from videopoet.eval.probe_train import train_probe
+
+    cfg = ProbeConfig(**TINY)
+    info = train_probe(tmp_path / "p", clips=6, round_trips=0, audio_round_trips=2, max_steps=2, batch=4, config=cfg,
+                       cache=tmp_path / "cache", log=lambda m: None)
+    assert info["data"]["round_trips"] == 0 and info["data"]["audio_round_trips"] == 2
+    cached = sorted(f.name for f in (tmp_path / "cache").iterdir())
+    # 2 clips of 17 frames at 8 fps (2.125 s) at 16 kHz, no video file
+    assert len(cached) == 1 and cached[0].startswith("audio_") and cached[0].endswith("_2x34000.npy"), cached
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +193,8 @@ def test_validation_table_beside_the_hand_written_probes():
         validate_probe(load_probe("learned"), "shapes:4:0", round_trip=False)
 
 
-@pytest.mark.parametrize("cmd,flags", [("train-probe", ["--clips", "--round-trips", "--minutes", "--seed", "--cache"]),
+@pytest.mark.parametrize("cmd,flags", [("train-probe", ["--clips", "--round-trips", "--minutes", "--seed", "--cache",
+                                                          "--frames", "--audio-round-trips"]),
                                        ("validate-probe", ["--data", "--probe", "--json", "--no-round-trip"])])
 def test_cli_help(cmd, flags, capsys):
     from videopoet import cli

@@ -10,7 +10,7 @@ from videopoet.cli import command
 @command("eval train-probe")
 def train_probe_cmd(*, out: Path = Path("runs/probe"), clips: int = 2000, round_trips: int = 300, minutes: float = 8.0,
                     seed: int = 0, batch: int = 32, threads: int = 1, cache: Path | None = None,
-                    validate: list[str] | None = None) -> None:
+                    validate: list[str] | None = None, frames: int = 9, audio_round_trips: int = -1) -> None:
     """Train the learned shapes probe (videopoet/eval/probe.py) on ground-truth clips and save it.
 
     The data is always shapes generator seed 0 (1-4 objects), never an evaluation seed; the weights
@@ -29,16 +29,22 @@ def train_probe_cmd(*, out: Path = Path("runs/probe"), clips: int = 2000, round_
         cache: a folder where round trips are kept and reused (they are deterministic)
         validate: data specs to validate on after training, e.g. shapes:40:4242:single (figures go to
             training.json)
+        frames: frames the video network reads from the start of a clip (the shipped probe: 9; a
+            clip has 17, and an object moving over the tokenizer's 4-pixel cells looks a little
+            different in each, so more frames give the shape reader more views)
+        audio_round_trips: how many clips also go through the audio codec (-1: as many as
+            round_trips; the codec round trips cost more and the tones are read from them already)
     """
     import torch
 
-    from videopoet.eval.probe import Probe
+    from videopoet.eval.probe import Probe, ProbeConfig
     from videopoet.eval.probe_train import format_validation, train_probe, validate_probe, write_validation
     from videopoet.eval.run import command_line
 
     torch.set_num_threads(threads)
     info = train_probe(out, clips=clips, round_trips=round_trips, seed=seed, threads=threads, minutes=minutes,
-                       batch=batch, cache=cache, command=command_line())
+                       batch=batch, cache=cache, command=command_line(), config=ProbeConfig(frames=frames),
+                       audio_round_trips=None if audio_round_trips < 0 else audio_round_trips)
     print(f"trained {info['steps']} steps in {info['seconds']['train']:.0f} s; wrote {out}")
     if validate:
         probe = Probe.from_pretrained(out)

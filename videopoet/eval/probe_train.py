@@ -330,14 +330,16 @@ def video_losses(out, present: torch.Tensor, attr: torch.Tensor) -> dict[str, to
 def train_probe(out_dir: str | Path, *, clips: int = 2000, round_trips: int = 300, seed: int = 0, threads: int = 1,
                 minutes: float = 8.0, max_steps: int | None = None, batch: int = 32, lr: float = 2e-3,
                 config: ProbeConfig | None = None, cache: str | Path | None = None, command: str | None = None,
-                log: Callable[[str], None] | None = None) -> dict[str, Any]:
+                log: Callable[[str], None] | None = None, audio_round_trips: int | None = None) -> dict[str, Any]:
     """Train a probe on clips 0..clips-1 of shapes generator seed 0 (1-4 objects) and the shipped
-    tokenizers' round trips of the first `round_trips` of them; save it (float16) in `out_dir` with
-    training.json. Stops after `minutes` of training steps (data preparation not counted) or
+    tokenizers' round trips of the first `round_trips` of them (of the first `audio_round_trips`
+    through the audio codec; None: as many); save it (float16) in `out_dir` with training.json. Stops after `minutes` of training steps (data preparation not counted) or
     `max_steps`. `seed` seeds initialization, degradations and sampling (the data is always seed 0)."""
     log = log or (lambda m: print(m, file=sys.stderr))
-    if clips < 1 or not 0 <= round_trips <= clips:
-        raise InputError(f"train-probe: need clips >= 1 and 0 <= round_trips <= clips, got {clips}, {round_trips}")
+    audio_round_trips = round_trips if audio_round_trips is None else audio_round_trips
+    if clips < 1 or not 0 <= round_trips <= clips or not 0 <= audio_round_trips <= clips:
+        raise InputError(f"train-probe: need clips >= 1 and 0 <= round_trips, audio_round_trips <= clips, "
+                         f"got {clips}, {round_trips}, {audio_round_trips}")
     if minutes <= 0 and max_steps is None:
         raise InputError("train-probe: minutes must be > 0 (or give max_steps)")
     torch.set_num_threads(threads)
@@ -349,12 +351,13 @@ def train_probe(out_dir: str | Path, *, clips: int = 2000, round_trips: int = 30
     pool = render_pool(clips, config.frames, size=config.size, sample_rate=sr)
     t_render = time.time() - t0
     rt_v = rt_a = None
-    if round_trips:
-        key = f"train{TRAIN_DATA_SEED}_{TRAIN_OBJECTS[0]}-{TRAIN_OBJECTS[1]}"
-        rt_v, rt_a = shipped_round_trips(pool["video"][:round_trips], pool["audio"][:round_trips],
+    key = f"train{TRAIN_DATA_SEED}_{TRAIN_OBJECTS[0]}-{TRAIN_OBJECTS[1]}"
+    if round_trips or audio_round_trips:
+        rt_v, rt_a = shipped_round_trips(pool["video"][:round_trips] if round_trips else None,
+                                         pool["audio"][:audio_round_trips] if audio_round_trips else None,
                                          cache=Path(cache) if cache else None, key=key)
     t_prep = time.time() - t0
-    log(f"train-probe: {clips} clips rendered in {t_render:.0f} s, {round_trips} round trips; "
+    log(f"train-probe: {clips} clips rendered in {t_render:.0f} s, {round_trips} video / {audio_round_trips} audio round trips; "
         f"data ready in {t_prep:.0f} s")
 
     model = Probe(config).train()
@@ -397,7 +400,7 @@ def train_probe(out_dir: str | Path, *, clips: int = 2000, round_trips: int = 30
         "what": "the learned shapes probe (videopoet/eval/probe.py): colour/shape/size/direction per object, tones",
         "command": command,
         "data": {"generator_seed": TRAIN_DATA_SEED, "clips": clips, "objects": list(TRAIN_OBJECTS),
-                 "frames_read": config.frames, "round_trips": round_trips,
+                 "frames_read": config.frames, "round_trips": round_trips, "audio_round_trips": audio_round_trips,
                  "round_trip_models": "the shipped video tokenizer and audio codec (videopoet/assets)",
                  "round_trip_cache": str(cache) if cache else None,
                  "never_used_seeds": list(EVAL_SEEDS)},

@@ -17,8 +17,9 @@ signal measure against the ground truth:
 - inpaint, outpaint: PSNR inside and outside the regenerated region against the ground truth,
   and inside it for the baseline of copying the nearest unmasked codes (`psnr_region_copy`);
 - stylize: motion agreement: cosine similarity of the output's optical flow with the structure's;
-- v2a: tone identity (the N strongest tones vs the objects' tones) and the share of the picture's
-  bounces (ground-truth click times) with a click within 50 ms;
+- v2a: tone identity (the N strongest tones vs the objects' tones; `tone_shape` and `tone_colour`:
+  the object's shape, or colour, is that of one of those tones, since a tone encodes both) and the
+  share of the picture's bounces (ground-truth click times) with a click within 50 ms;
 - avcont: colour kept, tone kept;
 - every task with video output: `fd_probe`, a Fréchet distance between the outputs and the
   ground-truth clips in the space of the probes' readings (an in-domain FVD; `probe_features`).
@@ -172,6 +173,9 @@ def score(task: str, job: Job, result, extra: dict[str, Any] | None = None, *,
         tones = {(o["shape"], o["colour"]) for o in job.attributes["objects"]}
         got = read_tones_(result.audio, result.sample_rate, len(tones))
         out["tone"] = [t in got for t in tones]
+        # a tone is (shape, colour): which half of it came out right (chance with one object: 1/4, 1/6)
+        out["tone_shape"] = [t[0] in {g[0] for g in got} for t in tones]
+        out["tone_colour"] = [t[1] in {g[1] for g in got} for t in tones]
         if task == "v2a":
             truth = S.click_times(job.audio, result.sample_rate)
             clicks = S.click_times(result.audio, result.sample_rate)
