@@ -169,6 +169,27 @@ def test_shipped_probe_reads_nothing_in_a_blank_clip_and_no_direction_in_an_imag
     assert one and all(r.direction is None for r in one.values())
 
 
+def test_mirror_reading_is_the_same_for_a_clip_and_its_mirror_image_with_directions_swapped(unused_clips):
+    from videopoet.eval.probe import MIRRORED_DIRECTIONS
+
+    base = load_probe("learned")
+    p = base.with_mirror(True)
+    assert p.config.mirror and not base.config.mirror
+    v = unused_clips[1].video
+    colours, a = p.object_logits(v)
+    colours_m, b = p.object_logits(np.ascontiguousarray(v[:, :, ::-1]))
+    assert colours == colours_m and len(colours) >= 1
+    for name in ("presence", "shape", "size"):
+        assert torch.allclose(getattr(a, name), getattr(b, name), atol=1e-4), name
+    assert torch.allclose(a.direction, b.direction[:, MIRRORED_DIRECTIONS], atol=1e-4)
+    # and it differs from the single reading (a second opinion, not a copy)
+    _, single = base.object_logits(v)
+    assert not torch.allclose(single.shape, a.shape, atol=1e-3)
+    got = p.read_objects(v)
+    want = {o["colour"]: o for o in unused_clips[1].attributes["objects"]}
+    assert set(got) == set(want) and all(got[c].direction == want[c]["direction"] for c in got)
+
+
 def test_eval_scores_with_the_learned_probe(unused_clips):
     from videopoet.eval.run import validate_probes
     from videopoet.eval.tasks_eval import Job
@@ -194,8 +215,8 @@ def test_validation_table_beside_the_hand_written_probes():
 
 
 @pytest.mark.parametrize("cmd,flags", [("train-probe", ["--clips", "--round-trips", "--minutes", "--seed", "--cache",
-                                                          "--frames", "--audio-round-trips"]),
-                                       ("validate-probe", ["--data", "--probe", "--json", "--no-round-trip"])])
+                                                          "--frames", "--audio-round-trips", "--mirror"]),
+                                       ("validate-probe", ["--data", "--probe", "--json", "--no-round-trip", "--mirror"])])
 def test_cli_help(cmd, flags, capsys):
     from videopoet import cli
 

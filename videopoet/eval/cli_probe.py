@@ -10,7 +10,8 @@ from videopoet.cli import command
 @command("eval train-probe")
 def train_probe_cmd(*, out: Path = Path("runs/probe"), clips: int = 2000, round_trips: int = 300, minutes: float = 8.0,
                     seed: int = 0, batch: int = 32, threads: int = 1, cache: Path | None = None,
-                    validate: list[str] | None = None, frames: int = 9, audio_round_trips: int = -1) -> None:
+                    validate: list[str] | None = None, frames: int = 9, audio_round_trips: int = -1,
+                    mirror: bool = False) -> None:
     """Train the learned shapes probe (videopoet/eval/probe.py) on ground-truth clips and save it.
 
     The data is always shapes generator seed 0 (1-4 objects), never an evaluation seed; the weights
@@ -34,6 +35,8 @@ def train_probe_cmd(*, out: Path = Path("runs/probe"), clips: int = 2000, round_
             different in each, so more frames give the shape reader more views)
         audio_round_trips: how many clips also go through the audio codec (-1: as many as
             round_trips; the codec round trips cost more and the tones are read from them already)
+        mirror: the saved probe reads every clip and its mirror image and averages the two
+            (ProbeConfig.mirror; training is the same either way)
     """
     import torch
 
@@ -43,7 +46,7 @@ def train_probe_cmd(*, out: Path = Path("runs/probe"), clips: int = 2000, round_
 
     torch.set_num_threads(threads)
     info = train_probe(out, clips=clips, round_trips=round_trips, seed=seed, threads=threads, minutes=minutes,
-                       batch=batch, cache=cache, command=command_line(), config=ProbeConfig(frames=frames),
+                       batch=batch, cache=cache, command=command_line(), config=ProbeConfig(frames=frames, mirror=mirror),
                        audio_round_trips=None if audio_round_trips < 0 else audio_round_trips)
     print(f"trained {info['steps']} steps in {info['seconds']['train']:.0f} s; wrote {out}")
     if validate:
@@ -55,7 +58,8 @@ def train_probe_cmd(*, out: Path = Path("runs/probe"), clips: int = 2000, round_
 
 @command("eval validate-probe")
 def validate_probe_cmd(*, data: list[str], probe: Path | None = None, round_trip: bool = True, hand: bool = True,
-                       cache: Path | None = None, json: bool = False, threads: int = 1) -> int:
+                       cache: Path | None = None, json: bool = False, threads: int = 1,
+                       mirror: bool | None = None) -> int:
     """Score the learned probe against the ground truth of held-out shapes clips, on the clips and
     on the shipped tokenizers' round trips of them, beside the hand-written probes (readback.py).
 
@@ -71,6 +75,8 @@ def validate_probe_cmd(*, data: list[str], probe: Path | None = None, round_trip
         cache: a folder where round trips are kept and reused (they are deterministic)
         json: print JSON instead of a table
         threads: torch CPU threads
+        mirror: read every clip and its mirror image, averaging the two (default: the probe's
+            config.json)
     """
     import json as json_
 
@@ -81,6 +87,8 @@ def validate_probe_cmd(*, data: list[str], probe: Path | None = None, round_trip
 
     torch.set_num_threads(threads)
     p = load_probe("learned") if probe is None else Probe.from_pretrained(probe)
+    if mirror is not None and mirror != p.config.mirror:
+        p = p.with_mirror(mirror)
     results = [validate_probe(p, spec, round_trip=round_trip, hand=hand, cache=cache) for spec in data]
     print(json_.dumps(results, indent=1) if json else format_validation(results))
     return 0 if all(r["passed"] for r in results) else 1

@@ -64,6 +64,10 @@ COLOURS = S.COLOURS
 SHAPES = S.SHAPES
 SIZES = S.SIZES
 DIRECTIONS = S.DIRECTIONS
+# index of each direction's mirror image (left <-> right): the mirrored clip's logit for it is the
+# original clip's logit for the direction itself
+MIRRORED_DIRECTIONS = [DIRECTIONS.index(d.replace("left", "_").replace("right", "left").replace("_", "right"))
+                       for d in DIRECTIONS]
 MIN_MEMBERSHIP = 4.0  # a colour with less soft membership than this (pixels, summed over frames) is not queried
 
 
@@ -82,6 +86,9 @@ class ProbeConfig:
         audio_offset: bands below the lowest tone (220 Hz); band j is centred at 220 * 2^((j - offset) / bpo) Hz.
         audio_channels: width of the audio CNN.
         presence_threshold: probability above which a queried colour reads as an object.
+        mirror: read each clip and its left-right mirror image and average the two readings' logits
+            (the mirror's directions swapped back: every shape and size is its own mirror image, and
+            no training clip was mirrored, so the second view is a second opinion, not a copy).
     """
 
     size: int = 64
@@ -94,6 +101,7 @@ class ProbeConfig:
     audio_offset: int = 21
     audio_channels: int = 32
     presence_threshold: float = 0.5
+    mirror: bool = False
 
     def __post_init__(self) -> None:
         self.channels = tuple(self.channels)
@@ -117,6 +125,8 @@ class ProbeConfig:
         if self.audio_offset < 0 or self.tone_bins[-1] >= self.audio_bins:
             raise ConfigError(f"probe config: the tones need bands {self.tone_bins[0]}..{self.tone_bins[-1]}, "
                               f"but audio_offset={self.audio_offset}, audio_bins={self.audio_bins}")
+        if not isinstance(self.mirror, bool):
+            raise ConfigError(f"probe config: mirror must be true or false, got {self.mirror!r}")
         if not 0.0 < self.presence_threshold < 1.0:
             raise ConfigError(f"probe config: presence_threshold must be in (0, 1), got {self.presence_threshold}")
 
@@ -376,10 +386,15 @@ class Probe(nn.Module):
         idx = [COLOURS.index(c) for c in colours]
         n = len(idx)
         inp = video_input(x.expand(n, -1, -1, -1, -1), memb[idx], valid.expand(n, -1))
+        if self.config.mirror:
+            inp = torch.cat([inp, inp.flip(-1)])
         was = self.training
         self.eval()
         out = self.video(inp)
         self.train(was)
+        if self.config.mirror:
+            out = VideoLogits(*((t[:n] + t[n:, MIRRORED_DIRECTIONS] if name == "direction" else t[:n] + t[n:]) / 2
+                                for name, t in zip(VideoLogits._fields, out, strict=True)))
         return colours, out
 
     def read_objects(self, video: np.ndarray) -> dict[str, ObjectReading]:
@@ -411,6 +426,14 @@ class Probe(nn.Module):
     def read_tones(self, audio: np.ndarray, sample_rate: int, n: int) -> set[tuple[str, str]]:
         """The n (shape, colour) tones the probe finds most likely in the audio."""
         return {TONES[i] for i in np.argsort(-self.tone_logits(audio, sample_rate))[:n]}
+
+    def with_mirror(self, mirror: bool) -> Probe:
+        """A copy of this probe that reads with (or without) the mirror image (ProbeConfig.mirror)."""
+        from dataclasses import replace
+
+        other = Probe(replace(self.config, mirror=mirror))
+        other.load_state_dict(self.state_dict())
+        return other.eval()
 
     # ------------------------------------------------------------------------------- files
     def save_pretrained(self, directory: str | Path, *, dtype: torch.dtype | None = None) -> Path:
