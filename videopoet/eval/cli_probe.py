@@ -10,7 +10,7 @@ from videopoet.cli import command
 @command("eval train-probe")
 def train_probe_cmd(*, out: Path = Path("runs/probe"), clips: int = 2000, round_trips: int = 300, minutes: float = 8.0,
                     seed: int = 0, batch: int = 32, threads: int = 1, cache: Path | None = None,
-                    validate: list[str] | None = None, frames: int = 9, audio_round_trips: int = -1,
+                    validate: list[str] | None = None, frames: int = 9, audio_round_trips: int | None = None,
                     mirror: bool = False) -> None:
     """Train the learned shapes probe (videopoet/eval/probe.py) on ground-truth clips and save it.
 
@@ -33,8 +33,8 @@ def train_probe_cmd(*, out: Path = Path("runs/probe"), clips: int = 2000, round_
         frames: frames the video network reads from the start of a clip (the shipped probe: 9; a
             clip has 17, and an object moving over the tokenizer's 4-pixel cells looks a little
             different in each, so more frames give the shape reader more views)
-        audio_round_trips: how many clips also go through the audio codec (-1: as many as
-            round_trips; the codec round trips cost more and the tones are read from them already)
+        audio_round_trips: how many clips also go through the audio codec (default: as many
+            as round_trips; the codec round trips cost more and the tones are read from them already)
         mirror: the saved probe reads every clip and its mirror image and averages the two
             (ProbeConfig.mirror; training is the same either way)
     """
@@ -47,7 +47,7 @@ def train_probe_cmd(*, out: Path = Path("runs/probe"), clips: int = 2000, round_
     torch.set_num_threads(threads)
     info = train_probe(out, clips=clips, round_trips=round_trips, seed=seed, threads=threads, minutes=minutes,
                        batch=batch, cache=cache, command=command_line(), config=ProbeConfig(frames=frames, mirror=mirror),
-                       audio_round_trips=None if audio_round_trips < 0 else audio_round_trips)
+                       audio_round_trips=audio_round_trips)
     print(f"trained {info['steps']} steps in {info['seconds']['train']:.0f} s; wrote {out}")
     if validate:
         probe = Probe.from_pretrained(out)

@@ -333,8 +333,8 @@ def train_probe(out_dir: str | Path, *, clips: int = 2000, round_trips: int = 30
                 log: Callable[[str], None] | None = None, audio_round_trips: int | None = None) -> dict[str, Any]:
     """Train a probe on clips 0..clips-1 of shapes generator seed 0 (1-4 objects) and the shipped
     tokenizers' round trips of the first `round_trips` of them (of the first `audio_round_trips`
-    through the audio codec; None: as many); save it (float16) in `out_dir` with training.json. Stops after `minutes` of training steps (data preparation not counted) or
-    `max_steps`. `seed` seeds initialization, degradations and sampling (the data is always seed 0)."""
+    through the audio codec; None: as many); save it (float16) in `out_dir` with training.json.
+    Stops after `minutes` of training steps (data preparation not counted) or `max_steps`. `seed` seeds initialization, degradations and sampling (the data is always seed 0)."""
     log = log or (lambda m: print(m, file=sys.stderr))
     audio_round_trips = round_trips if audio_round_trips is None else audio_round_trips
     if clips < 1 or not 0 <= round_trips <= clips or not 0 <= audio_round_trips <= clips:

@@ -174,8 +174,9 @@ def score(task: str, job: Job, result, extra: dict[str, Any] | None = None, *,
         got = read_tones_(result.audio, result.sample_rate, len(tones))
         out["tone"] = [t in got for t in tones]
         # a tone is (shape, colour): which half of it came out right (chance with one object: 1/4, 1/6)
-        out["tone_shape"] = [t[0] in {g[0] for g in got} for t in tones]
-        out["tone_colour"] = [t[1] in {g[1] for g in got} for t in tones]
+        shapes_read, colours_read = {g[0] for g in got}, {g[1] for g in got}
+        out["tone_shape"] = [t[0] in shapes_read for t in tones]
+        out["tone_colour"] = [t[1] in colours_read for t in tones]
         if task == "v2a":
             truth = S.click_times(job.audio, result.sample_rate)
             clicks = S.click_times(result.audio, result.sample_rate)
